@@ -1,0 +1,1 @@
+"""Platform integration: the `beit3` command, local S3 store, job launcher, model registration."""

@@ -1,0 +1,46 @@
+"""Shared fixtures: a real local S3 store (SeaweedFS) for the whole session, small data made on the fly."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 with bucket `test-bucket`; AWS_* point at it for the session."""
+    from beit3ops import store
+
+    data_dir = tmp_path_factory.mktemp("s3store")
+    info = store.up(str(data_dir), bucket="test-bucket")
+    saved = {k: os.environ.get(k) for k in info.env()}
+    os.environ.update(info.env())
+    _clear_s3_caches()
+    try:
+        yield {"endpoint": info.endpoint, "bucket": "test-bucket", "env": info.env()}
+    finally:
+        store.down(str(data_dir))
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _clear_s3_caches()
+
+
+def _clear_s3_caches():
+    if "s3fs" in sys.modules:
+        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_prefix(s3_store, request):
+    """A fresh s3:// prefix per test."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
+    return f"s3://{s3_store['bucket']}/{name}"
