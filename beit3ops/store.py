@@ -145,7 +145,7 @@ def up(data_dir: str = DEFAULT_DIR, *, s3_port: int | None = None, bucket: str =
         json.dump(config, f)
 
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc, *rest = _free_ports(8)
-    if s3_port is None or _port_open(s3_port):
+    if not s3_port or _port_open(s3_port):  # 0 or taken: any free port
         s3_port = rest[0]
     cmd = [
         _weed_binary(), "server", f"-dir={os.path.join(data_dir, 'data')}", f"-ip={HOST}", f"-ip.bind={HOST}",
