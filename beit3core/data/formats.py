@@ -1,0 +1,156 @@
+"""The on-disk dataset formats: one row schema per kind, the `dataset.json` header, image references.
+
+A dataset is a folder (local or `s3://`) holding `dataset.json` and one JSON-lines file per split.
+
+* **raw** (written by `beit3 data import` and `beit3 data synth`): `image*` fields are paths relative to the
+  dataset root (`images/000001.jpg`).
+* **validated** (written by `beit3 data validate`, read by every later stage): the same rows, minus the
+  quarantined ones, whose `image*` fields read `shards/<file>.tar#<member>`; the images live in WebDataset
+  tar shards in the img2dataset layout (`<key>.jpg`, `<key>.txt`, `<key>.json` per sample).
+
+A collection is a folder of datasets (any depth); the data commands treat every dataset in it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+
+from beit3core import io
+from beit3core.errors import UserError
+
+FORMAT_VERSION = 1
+HEADER = "dataset.json"
+SHARD_DIR = "shards"
+SHARD_SEP = "#"  # "shards/00000.tar#000000012.jpg"
+
+
+@dataclass(frozen=True)
+class TextField:
+    name: str
+    min_len: int  # characters after stripping surrounding whitespace
+    max_len: int
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """Row schema of one dataset kind."""
+
+    kind: str
+    required: tuple[str, ...]  # fields every row must carry, non-null
+    image_fields: tuple[str, ...] = ()
+    text_fields: tuple[TextField, ...] = ()
+    optional: tuple[str, ...] = ()
+    vocab: dict[str, str] = field(default_factory=dict)  # row field -> dataset.json key of its vocabulary
+    disjoint_key: str | None = None  # a field whose values must not be shared between splits
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+CAPTION = TextField("caption", 1, 1000)
+KINDS: dict[str, KindSpec] = {
+    s.kind: s
+    for s in (
+        KindSpec("pairs", ("id", "image", "caption"), ("image",), (CAPTION,), disjoint_key="image"),
+        KindSpec("images", ("id", "image"), ("image",), optional=("label",), vocab={"label": "labels"},
+                 disjoint_key="image"),
+        KindSpec("text", ("id", "text"), text_fields=(TextField("text", 1, 20000),)),
+        KindSpec("classification", ("id", "image", "label"), ("image",), vocab={"label": "labels"},
+                 disjoint_key="image"),
+        KindSpec("vqa", ("id", "image", "image_id", "question", "answers"), ("image",),
+                 (TextField("question", 1, 500),), vocab={"answers": "answers"}, disjoint_key="image_id"),
+        KindSpec("nlvr2", ("id", "image_left", "image_right", "sentence", "label"), ("image_left", "image_right"),
+                 (TextField("sentence", 1, 1000),)),
+        KindSpec("retrieval", ("id", "image", "image_id", "caption"), ("image",), (CAPTION,),
+                 disjoint_key="image_id"),
+        KindSpec("captioning", ("id", "image", "image_id", "caption"), ("image",), (CAPTION,),
+                 disjoint_key="image_id"),
+    )
+}
+
+# Image bounds enforced by validation.
+MIN_IMAGE_SIDE = 8
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def kind_spec(kind: str, where: str = "dataset.json") -> KindSpec:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise UserError(f"{where}: field 'kind': unknown kind {kind!r} (one of {', '.join(KINDS)})") from None
+
+
+def make_header(kind: str, name: str, splits: list[str], source: dict | None = None, **vocabularies) -> dict:
+    """A `dataset.json` header: kind, name, splits, source and vocabularies (labels=[...], answers=[...])."""
+    kind_spec(kind)
+    header = {"format_version": FORMAT_VERSION, "kind": kind, "name": name, "splits": list(splits),
+              "source": source or {}}
+    header.update({k: list(v) for k, v in vocabularies.items() if v is not None})
+    return header
+
+
+def check_header(header: object, where: str) -> dict:
+    """A header as read from `where`, checked enough that every consumer can trust it."""
+    if not isinstance(header, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    for key in ("kind", "name", "splits"):
+        if key not in header:
+            raise UserError(f"{where}: missing field {key!r}")
+    spec = kind_spec(header["kind"], where)
+    splits = header["splits"]
+    if not isinstance(splits, list) or not splits or not all(isinstance(s, str) and s for s in splits):
+        raise UserError(f"{where}: field 'splits': expected a non-empty list of names")
+    for vocab_key in set(spec.vocab.values()):
+        if vocab_key in header and not isinstance(header[vocab_key], list):
+            raise UserError(f"{where}: field {vocab_key!r}: expected a list")
+    if spec.kind in ("classification",) and not header.get("labels"):
+        raise UserError(f"{where}: field 'labels': a classification dataset needs its label list")
+    if spec.kind == "vqa" and not header.get("answers"):
+        raise UserError(f"{where}: field 'answers': a vqa dataset needs its answer vocabulary")
+    return header
+
+
+def split_file(split: str) -> str:
+    return f"{split}.jsonl"
+
+
+def is_dataset(uri: str) -> bool:
+    return io.exists(io.join(uri, HEADER))
+
+
+def find_datasets(uri: str) -> list[str]:
+    """Relative paths ("" for `uri` itself) of every dataset at or under `uri`, sorted."""
+    if is_dataset(uri):
+        return [""]
+    if not io.isdir(uri):
+        raise UserError(f"{uri}: no such dataset or collection")
+    found = []
+    base = io.filesystem(uri)[1].rstrip("/")
+    for entry in io.ls(uri, recursive=True):
+        path = io.filesystem(entry)[1]
+        if posixpath.basename(path) == HEADER:
+            rel = posixpath.relpath(posixpath.dirname(path), base) if not io.is_remote(uri) else \
+                posixpath.dirname(path)[len(base) + 1:]
+            rel = rel.replace("\\", "/")
+            if SHARD_DIR not in rel.split("/"):
+                found.append("" if rel == "." else rel)
+    if not found:
+        raise UserError(f"{uri}: no dataset.json found (not a dataset or a collection of datasets)")
+    return sorted(found)
+
+
+def is_shard_ref(ref: str) -> bool:
+    return isinstance(ref, str) and ref.startswith(SHARD_DIR + "/") and SHARD_SEP in ref
+
+
+def parse_shard_ref(ref: str) -> tuple[str, str]:
+    """`shards/00000.tar#000000012.jpg` -> ("shards/00000.tar", "000000012.jpg")."""
+    shard, _, member = ref.partition(SHARD_SEP)
+    return shard, member
+
+
+def shard_ref(shard: str, member: str) -> str:
+    return f"{shard}{SHARD_SEP}{member}"

@@ -1,0 +1,189 @@
+"""WebDataset tar shards in the img2dataset layout, with a byte-offset index for random access.
+
+Each sample is `<key>.<ext>` (the image bytes exactly as validated), `<key>.txt` (its caption, or empty) and
+`<key>.json` (where it came from, its size). Shards are named `00000.tar`, `00001.tar`, ... and written
+byte-deterministically (fixed mtime, owner and mode). Next to each shard, `00000.idx.json` maps each member
+to `[offset, size]` so one image can be read with a single range request; shards brought from elsewhere
+(img2dataset output) get their index built on first use by scanning the tar headers.
+"""
+
+from __future__ import annotations
+
+import io as _pyio
+import json
+import logging
+import posixpath
+import tarfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from beit3core import io
+from beit3core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BLOCK = tarfile.BLOCKSIZE
+IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}.tar"
+
+
+def index_name(shard: str) -> str:
+    return shard[: -len(".tar")] + ".idx.json" if shard.endswith(".tar") else shard + ".idx.json"
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Writes samples into `<folder>/00000.tar, 00001.tar, ...`, `shard_size` samples per shard.
+
+    `add(...)` returns the member name of the image; `current` names the shard it went to. Each shard is
+    assembled in memory and published atomically (with its index) when full or on `close()`.
+    """
+
+    def __init__(self, folder: str, shard_size: int = 1000, start: int = 0):
+        if shard_size < 1:
+            raise UserError(f"shard size must be >= 1, got {shard_size}")
+        self.folder = folder
+        self.shard_size = shard_size
+        self.index = start
+        self.written: list[str] = []  # shard file names
+        self._open()
+
+    def _open(self) -> None:
+        self._buf = _pyio.BytesIO()
+        self._tar = tarfile.open(fileobj=self._buf, mode="w", format=tarfile.GNU_FORMAT)
+        self._members: dict[str, list[int]] = {}
+        self._count = 0
+
+    @property
+    def current(self) -> str:
+        return shard_name(self.index)
+
+    @property
+    def count(self) -> int:
+        """Samples in the shard being filled."""
+        return self._count
+
+    def _put(self, name: str, data: bytes) -> None:
+        self._tar.addfile(_tarinfo(name, len(data)), _pyio.BytesIO(data))
+        padded = -(-len(data) // BLOCK) * BLOCK
+        self._members[name] = [self._tar.offset - padded, len(data)]
+
+    def add(self, key: str, image: bytes, ext: str = "jpg", text: str = "", meta: dict | None = None) -> str:
+        if self._count >= self.shard_size:
+            self.flush()
+        member = f"{key}.{ext}"
+        self._put(member, image)
+        self._put(f"{key}.txt", text.encode("utf-8", "surrogateescape"))
+        self._put(f"{key}.json", json.dumps({"key": key, **(meta or {})}, sort_keys=True).encode())
+        self._count += 1
+        return member
+
+    def flush(self) -> None:
+        """Publish the current shard (if it holds anything) and start the next one."""
+        if self._count == 0:
+            return
+        self._tar.close()
+        name = self.current
+        io.write_bytes(io.join(self.folder, name), self._buf.getvalue())
+        io.write_bytes(io.join(self.folder, index_name(name)),
+                       json.dumps(self._members, sort_keys=True).encode())
+        self.written.append(name)
+        self.index += 1
+        self._open()
+
+    def close(self) -> list[str]:
+        self.flush()
+        self._tar.close()
+        return self.written
+
+
+def scan_index(data_or_file) -> dict[str, list[int]]:
+    """Member -> [offset, size] of a tar given as bytes or a seekable binary file."""
+    fileobj = _pyio.BytesIO(data_or_file) if isinstance(data_or_file, bytes | bytearray) else data_or_file
+    with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+        return {m.name: [m.offset_data, m.size] for m in tar if m.isfile()}
+
+
+def iter_tar(uri: str) -> Iterator[tuple[str, bytes]]:
+    """(member, bytes) of every file in a tar, streamed in order."""
+    with io.open(uri, "rb") as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for m in tar:
+                    if m.isfile():
+                        yield m.name, tar.extractfile(m).read()
+        except tarfile.TarError as e:
+            raise UserError(f"{uri}: not a readable tar shard ({e})") from None
+
+
+def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group consecutive members by key (the name up to its first dot, as WebDataset does)."""
+    key, sample = None, {}
+    for name, data in members:
+        base = posixpath.basename(name)
+        k, _, ext = base.partition(".")
+        k = posixpath.join(posixpath.dirname(name), k)
+        if k != key and sample:
+            yield key, sample
+            sample = {}
+        key = k
+        sample[ext] = data
+    if sample:
+        yield key, sample
+
+
+class ShardReader:
+    """Random access to shard members of one dataset: cached indexes, one range read per member.
+
+    Safe to share across threads; after a fork (DataLoader workers) it simply keeps its caches.
+    """
+
+    def __init__(self, root: str, cache_size: int = 64):
+        self.root = root
+        self._indexes: OrderedDict[str, dict[str, list[int]]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def index(self, shard: str) -> dict[str, list[int]]:
+        with self._lock:
+            if shard in self._indexes:
+                self._indexes.move_to_end(shard)
+                return self._indexes[shard]
+        uri = io.join(self.root, shard)
+        idx_uri = io.join(self.root, index_name(shard))
+        if io.exists(idx_uri):
+            idx = io.read_json(idx_uri)
+        else:
+            if not io.exists(uri):
+                raise UserError(f"{uri}: no such shard")
+            with io.open(uri, "rb") as f:
+                try:
+                    idx = scan_index(f)
+                except tarfile.TarError as e:
+                    raise UserError(f"{uri}: not a readable tar shard ({e})") from None
+        with self._lock:
+            self._indexes[shard] = idx
+            while len(self._indexes) > self._cache_size:
+                self._indexes.popitem(last=False)
+        return idx
+
+    def read(self, shard: str, member: str) -> bytes:
+        idx = self.index(shard)
+        if member not in idx:
+            raise UserError(f"{io.join(self.root, shard)}: no member {member!r}")
+        offset, size = idx[member]
+        fs, path = io.filesystem(io.join(self.root, shard))
+        return fs.cat_file(path, start=offset, end=offset + size)

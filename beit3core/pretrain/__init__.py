@@ -1,0 +1,31 @@
+"""The BEiT-3 masked-data-modeling objective: heads, text masking, loss/accuracies, the three-stream mixer.
+
+    from beit3core.pretrain import Beit3ForPretraining, MixedBatches, mask_text
+
+The trainer loop lives in `beit3train.pretrain`.
+"""
+
+import importlib
+
+_LAZY = {
+    "Beit3ForPretraining": "beit3core.pretrain.model",
+    "PretrainOutput": "beit3core.pretrain.model",
+    "masked_prediction": "beit3core.pretrain.model",
+    "normalize_image": "beit3core.pretrain.model",
+    "accuracies": "beit3core.pretrain.model",
+    "mask_text": "beit3core.pretrain.masking",
+    "IGNORE": "beit3core.pretrain.masking",
+    "MaskingConfig": "beit3core.pretrain.data",
+    "MixedBatches": "beit3core.pretrain.data",
+    "Stream": "beit3core.pretrain.data",
+    "load_stream": "beit3core.pretrain.data",
+    "find_stream_datasets": "beit3core.pretrain.data",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'beit3core.pretrain' has no attribute {name!r}")

@@ -1,0 +1,71 @@
+"""Image classification (ImageNet layout): mean of the patch tokens -> `fc_norm` LayerNorm -> `head` Linear.
+
+Released as `BEiT3ForImageClassification` (microsoft/unilm `beit3/modeling_finetune.py`): the vision-only pass,
+the CLS token dropped before the mean, the head weight and bias scaled by 0.001 after init. The loss is
+cross-entropy with label smoothing 0.1, or soft-target cross-entropy when mixup/cutmix produced soft labels.
+Metric: top-1 / top-5 accuracy (selection key `acc1`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beit3core.tasks.common import backbone_dim, init_head_weights, scale_linear_
+
+
+class ClassificationModel(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init_scale: float = 0.001):
+        super().__init__()
+        dim = backbone_dim(backbone)
+        self.backbone = backbone
+        self.fc_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.fc_norm.apply(init_head_weights)
+        self.head.apply(init_head_weights)
+        scale_linear_(self.head, head_init_scale)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(image=image)
+        patches = out.hidden[:, 1 : out.split]  # the CLS token is dropped, as released
+        return self.head(self.fc_norm(patches.mean(dim=1)))
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
+    """Hard labels (B,) -> label-smoothed CE; soft labels (B, C) from mixup/cutmix -> soft-target CE."""
+    if target.dim() == 2:
+        return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+
+def train_loss(model: ClassificationModel, batch: dict, ctx) -> torch.Tensor:
+    target = batch["soft_labels"] if "soft_labels" in batch else batch["labels"]
+    return classification_loss(model(batch["image"]), target, ctx.settings.label_smoothing)
+
+
+@torch.no_grad()
+def evaluate(model: ClassificationModel, ev) -> tuple[dict, list[dict]]:
+    from tqdm import tqdm
+
+    from beit3core.tasks.common import to_device
+    from beit3core.tasks.data import Collator, eval_loader
+    from beit3core.tasks.metrics import topk_accuracy
+
+    labels = ev.header["labels"]
+    collate = Collator("classification", ev.tokenizer, ev.settings.max_len, labels=labels)
+    loader = eval_loader("classification", ev.uri, ev.rows, collate, img_size=ev.settings.img_size,
+                         batch_size=ev.settings.eval_batch_size)
+    all_logits, all_labels, samples = [], [], []
+    for batch in tqdm(loader, desc="eval classification", disable=not ev.progress):
+        batch = to_device(batch, ev.device)
+        logits = model(batch["image"]).float().cpu()
+        all_logits.append(logits)
+        all_labels.append(batch["labels"].cpu())
+        for row, pred, gold in zip(batch["rows"], logits.argmax(1).tolist(), batch["labels"].tolist()):
+            if len(samples) < ev.num_samples:
+                samples.append({"images": [row["image"]], "lines": [("label", labels[gold]),
+                                ("predicted", labels[pred])], "ok": pred == gold})
+    metrics = topk_accuracy(torch.cat(all_logits), torch.cat(all_labels), ks=(1, 5))
+    metrics["num_examples"] = len(ev.rows)
+    return metrics, samples

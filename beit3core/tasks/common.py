@@ -1,0 +1,69 @@
+"""Pieces shared by the five task heads: the backbone width, the released head initialisation, pooling.
+
+The released task models (microsoft/unilm `beit3/modeling_finetune.py`) re-initialise every Linear with
+trunc_normal(std 0.02) and zero bias, and every LayerNorm with weight 1 and bias 0; some heads are then scaled
+by 0.001 so that fine-tuning starts from (almost) zero logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def backbone_dim(backbone: nn.Module) -> int:
+    """The hidden width of a beit3core backbone (its config's embed_dim)."""
+    cfg = getattr(backbone, "config", None)
+    for name in ("embed_dim", "dim", "hidden_size"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    raise TypeError(f"cannot read the hidden width from {type(backbone).__name__}.config")
+
+
+def backbone_vocab_size(backbone: nn.Module) -> int:
+    cfg = getattr(backbone, "config", None)
+    value = getattr(cfg, "vocab_size", None)
+    if not isinstance(value, int):
+        raise TypeError(f"cannot read vocab_size from {type(backbone).__name__}.config")
+    return value
+
+
+def init_head_weights(module: nn.Module) -> None:
+    """The released `_init_weights`: Linear trunc_normal(0.02) (truncated at +-0.02) and zero bias; LN 1/0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.02, b=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def scale_linear_(layer: nn.Linear, scale: float) -> None:
+    layer.weight.mul_(scale)
+    if layer.bias is not None:
+        layer.bias.mul_(scale)
+
+
+class StepContext:
+    """What a task's `train_loss` may need besides the batch (set by the trainer every step)."""
+
+    def __init__(self, *, settings, step: int = 0, rng=None, gather=None, rank: int = 0, mask_id: int | None = None,
+                 vocab_size: int | None = None):
+        self.settings, self.step, self.rng, self.gather, self.rank = settings, step, rng, gather, rank
+        self.mask_id, self.vocab_size = mask_id, vocab_size
+
+
+class EvalContext:
+    """Inputs of a task's `evaluate`: the dataset, the split's rows, tokenizer, settings and device."""
+
+    def __init__(self, *, uri: str, rows: list[dict], header: dict, tokenizer, settings, device,
+                 num_samples: int = 8, progress: bool = True):
+        self.uri, self.rows, self.header, self.tokenizer = uri, rows, header, tokenizer
+        self.settings, self.device, self.num_samples, self.progress = settings, device, num_samples, progress
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

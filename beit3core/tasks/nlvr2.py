@@ -1,0 +1,89 @@
+"""NLVR2-style visual reasoning: one sentence, two images, true or false.
+
+Released as `BEiT3ForVisualReasoning`: the batch is doubled (left images then right images, the text repeated),
+each pass is pooled to [vision CLS || text <s>] = `x[:, 0] || x[:, split]`, the two pools of a pair are
+concatenated to (B, 4d), and `head` = TwoLayerMLP: norm1 LN(4d) -> dense1 Linear(4d, 2d) -> norm2 LN(2d) -> GELU
+-> dense2 Linear(2d, 2); both dense layers are scaled by 0.001 after init. Loss: cross-entropy. Metric: accuracy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beit3core.tasks.common import backbone_dim, init_head_weights, scale_linear_
+
+
+class TwoLayerMLP(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(in_features)
+        self.dense1 = nn.Linear(in_features, hidden_features)
+        self.norm2 = nn.LayerNorm(hidden_features)
+        self.act = nn.GELU()
+        self.dense2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense2(self.act(self.norm2(self.dense1(self.norm1(x)))))
+
+
+class NLVR2Model(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int = 2, head_init_scale: float = 0.001):
+        super().__init__()
+        dim = backbone_dim(backbone)
+        self.backbone = backbone
+        self.head = TwoLayerMLP(dim * 4, dim * 2, num_classes)
+        self.head.apply(init_head_weights)
+        scale_linear_(self.head.dense1, head_init_scale)
+        scale_linear_(self.head.dense2, head_init_scale)
+
+    def forward(
+        self,
+        image_left: torch.Tensor,
+        image_right: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_padding_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        batch = image_left.shape[0]
+        out = self.backbone(
+            image=torch.cat([image_left, image_right], dim=0),
+            text_ids=torch.cat([text_ids, text_ids], dim=0),
+            text_padding_mask=torch.cat([text_padding_mask, text_padding_mask], dim=0),
+        )
+        pooled = torch.cat([out.hidden[:, 0], out.hidden[:, out.split]], dim=-1)  # (2B, 2d)
+        pair = torch.cat([pooled[:batch], pooled[batch:]], dim=-1)  # (B, 4d)
+        return self.head(pair)
+
+
+def nlvr2_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def train_loss(model: NLVR2Model, batch: dict, ctx) -> torch.Tensor:
+    logits = model(batch["image_left"], batch["image_right"], batch["text_ids"], batch["text_padding_mask"])
+    return nlvr2_loss(logits, batch["labels"])
+
+
+@torch.no_grad()
+def evaluate(model: NLVR2Model, ev) -> tuple[dict, list[dict]]:
+    from tqdm import tqdm
+
+    from beit3core.tasks.common import to_device
+    from beit3core.tasks.data import Collator, eval_loader
+
+    collate = Collator("nlvr2", ev.tokenizer, ev.settings.max_len)
+    loader = eval_loader("nlvr2", ev.uri, ev.rows, collate, img_size=ev.settings.img_size,
+                         batch_size=ev.settings.eval_batch_size)
+    correct, samples = 0, []
+    for batch in tqdm(loader, desc="eval nlvr2", disable=not ev.progress):
+        batch = to_device(batch, ev.device)
+        logits = model(batch["image_left"], batch["image_right"], batch["text_ids"], batch["text_padding_mask"])
+        preds = logits.argmax(1)
+        correct += int((preds == batch["labels"]).sum())
+        for row, pred, gold in zip(batch["rows"], preds.tolist(), batch["labels"].tolist()):
+            if len(samples) < ev.num_samples:
+                samples.append({"images": [row["image_left"], row["image_right"]], "lines": [
+                    ("sentence", row["sentence"]), ("label", str(bool(gold))), ("predicted", str(bool(pred)))],
+                    "ok": pred == gold})
+    return {"acc": 100.0 * correct / max(1, len(ev.rows)), "num_examples": len(ev.rows)}, samples

@@ -1,0 +1,102 @@
+"""Visual question answering (VQAv2 layout): a pooler on the vision CLS, an MLP to the answer vocabulary.
+
+Released as `BEiT3ForVisualQuestionAnswering`: fusion pass (image + question), `pooler` = LN -> Linear(d, d) ->
+tanh on `x[:, 0]`, then `head` = Linear(d, 2d), LN(2d), GELU, Linear(2d, num_answers) (keys head.0, head.1,
+head.3). Loss: BCE-with-logits (mean) x num_answers on the soft answer scores, i.e. summed over answers and
+averaged over the batch. Metric: VQA score, the soft score of the arg-max answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beit3core.tasks.common import backbone_dim, init_head_weights
+
+# How many annotators gave an answer -> its soft target (ViLT / BEiT-3 `get_score`).
+_SOFT_SCORE = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}
+
+
+def answer_score(count: int) -> float:
+    return _SOFT_SCORE.get(count, 1.0)
+
+
+def normalize_answer(answer: str) -> str:
+    return " ".join(str(answer).lower().strip().rstrip(".").split())
+
+
+def soft_targets(raw_answers: list[str], answer_index: dict[str, int]) -> dict[int, float]:
+    """Raw annotator answers -> {answer id: soft score} over the answers that are in the vocabulary."""
+    counts = Counter(normalize_answer(a) for a in raw_answers)
+    return {answer_index[a]: answer_score(c) for a, c in counts.items() if a in answer_index}
+
+
+class Pooler(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(self.norm(cls)))
+
+
+class VQAModel(nn.Module):
+    def __init__(self, backbone: nn.Module, num_answers: int):
+        super().__init__()
+        dim = backbone_dim(backbone)
+        self.backbone = backbone
+        self.pooler = Pooler(dim)
+        self.head = nn.Sequential(
+            nn.Linear(dim, dim * 2), nn.LayerNorm(dim * 2), nn.GELU(), nn.Linear(dim * 2, num_answers)
+        )
+        self.pooler.apply(init_head_weights)
+        self.head.apply(init_head_weights)
+
+    def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_padding_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(image=image, text_ids=text_ids, text_padding_mask=text_padding_mask)
+        return self.head(self.pooler(out.hidden[:, 0]))
+
+
+def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits averaged over all entries, times the number of answers (as released)."""
+    return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+
+
+def vqa_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-question VQA score: the soft target of the arg-max answer."""
+    return targets.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def train_loss(model: VQAModel, batch: dict, ctx) -> torch.Tensor:
+    return vqa_loss(model(batch["image"], batch["text_ids"], batch["text_padding_mask"]), batch["targets"])
+
+
+@torch.no_grad()
+def evaluate(model: VQAModel, ev) -> tuple[dict, list[dict]]:
+    from tqdm import tqdm
+
+    from beit3core.tasks.common import to_device
+    from beit3core.tasks.data import Collator, eval_loader
+
+    answers = ev.header["answers"]
+    collate = Collator("vqa", ev.tokenizer, ev.settings.max_len, answers=answers)
+    loader = eval_loader("vqa", ev.uri, ev.rows, collate, img_size=ev.settings.img_size,
+                         batch_size=ev.settings.eval_batch_size)
+    scores, samples = [], []
+    for batch in tqdm(loader, desc="eval vqa", disable=not ev.progress):
+        batch = to_device(batch, ev.device)
+        logits = model(batch["image"], batch["text_ids"], batch["text_padding_mask"]).float()
+        s = vqa_scores(logits, batch["targets"]).cpu()
+        scores.append(s)
+        for row, pred, score in zip(batch["rows"], logits.argmax(1).tolist(), s.tolist()):
+            if len(samples) < ev.num_samples:
+                common = Counter(normalize_answer(a) for a in row["answers"]).most_common(1)[0][0]
+                samples.append({"images": [row["image"]], "lines": [("question", row["question"]),
+                                ("answers", common), ("predicted", answers[pred]), ("score", f"{score:.1f}")],
+                                "ok": score > 0})
+    scores = torch.cat(scores)
+    return {"vqa_score": 100.0 * scores.mean().item(), "num_examples": len(ev.rows)}, samples

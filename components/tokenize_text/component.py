@@ -1,0 +1,35 @@
+"""Text tokenization: `beit3 tokenize text` (train or import the SentencePiece model, tokenize every split)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def tokenize_text(
+    validated: Input[Dataset],
+    text_tokens: Output[Dataset],
+    metrics: Output[Metrics],
+    vocab_size: int = 64000,
+    max_len: int = 64,
+    import_model: str = "",
+    workers: int = 2,
+    extra_args: list = [],
+    output_root: str = "",
+):
+    """Writes `tokenizer/` (the SentencePiece model) and `tokens/<dataset>/<split>.npz`."""
+    from beit3core import io
+    from beit3core.tokenizers import cli
+    from beit3ops import kfp_io
+
+    out = kfp_io.output_target(text_tokens, output_root)
+    argv = ["text", "--data", validated.uri, "--out", out, "--vocab-size", vocab_size, "--max-len", max_len,
+            "--workers", workers]
+    if import_model:
+        argv += ["--import-model", import_model]
+    kfp_io.run_stage(cli.main, argv + list(extra_args))
+    summary = io.join(out, "summary.json")
+    if io.exists(summary):
+        kfp_io.log_metrics(metrics, io.read_json(summary))
+    text_tokens.metadata.update({"vocab_size": vocab_size, "max_len": max_len, "import_model": import_model})

@@ -1,0 +1,38 @@
+"""Visual tokenization: `beit3 tokenize visual` (train or import the VQ-KD tokenizer, tokenize every image)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def tokenize_visual(
+    validated: Input[Dataset],
+    visual_tokens: Output[Dataset],
+    metrics: Output[Metrics],
+    import_checkpoint: str = "",
+    codebook_size: int = 8192,
+    code_dim: int = 32,
+    img_size: int = 224,
+    patch_size: int = 16,
+    epochs: int = 1,
+    batch_size: int = 64,
+    extra_args: list = [],
+    output_root: str = "",
+):
+    """Writes `tokenizer/` (VQ-KD safetensors + config.json) and `tokens/<dataset>/<split>.npz`."""
+    from beit3core import io
+    from beit3core.tokenizers import cli
+    from beit3ops import kfp_io
+
+    out = kfp_io.output_target(visual_tokens, output_root)
+    argv = ["visual", "--data", validated.uri, "--out", out, "--codebook-size", codebook_size, "--code-dim", code_dim,
+            "--img-size", img_size, "--patch-size", patch_size, "--epochs", epochs, "--batch-size", batch_size]
+    if import_checkpoint:
+        argv += ["--import-checkpoint", import_checkpoint]
+    kfp_io.run_stage(cli.main, argv + list(extra_args))
+    summary = io.join(out, "summary.json")
+    if io.exists(summary):
+        kfp_io.log_metrics(metrics, io.read_json(summary))
+    visual_tokens.metadata.update({"codebook_size": codebook_size, "img_size": img_size, "patch_size": patch_size})

@@ -1,0 +1,96 @@
+"""Released (microsoft/unilm) checkpoint layouts load strictly into the task models: every backbone key maps
+to `backbone.*` and every head key (beit3.md section 5) matches a head parameter by name and shape."""
+
+import pytest
+import torch
+
+from beit3core.checkpoint import load_pretrained
+from beit3core.models import create_model
+from beit3core.tasks import build_task_model
+
+D, FFN, DEPTH, VOCAB, GRID, PATCH = 32, 64, 2, 60, 4, 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread avoids spin contention and is several times faster here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def released_backbone(final_norm: bool, g: torch.Generator) -> dict:
+    """`beit3.*` keys and shapes of the released files (beit3.md section 5) for a tiny config."""
+    def t(*shape):
+        return torch.randn(*shape, generator=g)
+
+    sd = {
+        "beit3.text_embed.weight": t(VOCAB, D),
+        "beit3.vision_embed.mask_token": t(1, 1, D),
+        "beit3.vision_embed.cls_token": t(1, 1, D),
+        "beit3.vision_embed.proj.weight": t(D, 3, PATCH, PATCH),
+        "beit3.vision_embed.proj.bias": t(D),
+        "beit3.encoder.embed_positions.A.weight": t(GRID * GRID + 3, D),
+        "beit3.encoder.embed_positions.B.weight": t(1024, D),
+    }
+    for i in range(DEPTH):
+        p = f"beit3.encoder.layers.{i}."
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            for e in "AB":
+                sd[f"{p}self_attn.{proj}.{e}.weight"], sd[f"{p}self_attn.{proj}.{e}.bias"] = t(D, D), t(D)
+        for ln in ("self_attn.inner_attn_ln", "self_attn_layer_norm"):
+            for e in "AB":
+                sd[f"{p}{ln}.{e}.weight"], sd[f"{p}{ln}.{e}.bias"] = t(D), t(D)
+        for e in "AB":
+            sd[f"{p}ffn.{e}.fc1.weight"], sd[f"{p}ffn.{e}.fc1.bias"] = t(FFN, D), t(FFN)
+            sd[f"{p}ffn.{e}.fc2.weight"], sd[f"{p}ffn.{e}.fc2.bias"] = t(D, FFN), t(D)
+            sd[f"{p}ffn.{e}.ffn_layernorm.weight"], sd[f"{p}ffn.{e}.ffn_layernorm.bias"] = t(FFN), t(FFN)
+        for e in "AB":
+            sd[f"{p}final_layer_norm.{e}.weight"], sd[f"{p}final_layer_norm.{e}.bias"] = t(D), t(D)
+    if final_norm:
+        for e in "AB":
+            sd[f"beit3.encoder.layer_norm.{e}.weight"], sd[f"beit3.encoder.layer_norm.{e}.bias"] = t(D), t(D)
+    return sd
+
+
+def released_heads(task: str, n: int, g: torch.Generator) -> dict:
+    def t(*shape):
+        return torch.randn(*shape, generator=g)
+
+    return {
+        "classification": {"fc_norm.weight": t(D), "fc_norm.bias": t(D), "head.weight": t(n, D), "head.bias": t(n)},
+        "nlvr2": {"head.norm1.weight": t(4 * D), "head.norm1.bias": t(4 * D), "head.dense1.weight": t(2 * D, 4 * D),
+                  "head.dense1.bias": t(2 * D), "head.norm2.weight": t(2 * D), "head.norm2.bias": t(2 * D),
+                  "head.dense2.weight": t(2, 2 * D), "head.dense2.bias": t(2)},
+        "vqa": {"pooler.norm.weight": t(D), "pooler.norm.bias": t(D), "pooler.dense.weight": t(D, D),
+                "pooler.dense.bias": t(D), "head.0.weight": t(2 * D, D), "head.0.bias": t(2 * D),
+                "head.1.weight": t(2 * D), "head.1.bias": t(2 * D), "head.3.weight": t(n, 2 * D), "head.3.bias": t(n)},
+        "captioning": {"mlm_head.weight": t(VOCAB, D), "mlm_head.bias": t(VOCAB)},
+        "retrieval": {"vision_head.weight": t(D, D), "language_head.weight": t(D, D), "logit_scale": t(())},
+    }[task]
+
+
+# released normalize_output: False for the in1k and VQA models, True for the others
+CASES = [("classification", False, 7), ("vqa", False, 11), ("nlvr2", True, 2), ("captioning", True, 0),
+         ("retrieval", True, 0)]
+
+
+@pytest.mark.parametrize("task,final_norm,n", CASES)
+def test_released_layout_loads_strictly(tmp_path, task, final_norm, n):
+    g = torch.Generator().manual_seed(0)
+    heads = released_heads(task, n, g)
+    sd = {**released_backbone(final_norm, g), **heads}
+    path = tmp_path / f"{task}.pth"
+    torch.save({"model": sd}, path)
+    header = {"labels": [f"c{i}" for i in range(n)], "answers": [f"a{i}" for i in range(n)]}
+    backbone = create_model("beit3_tiny_patch16_224", depth=DEPTH, embed_dim=D, num_heads=4, mlp_dim=FFN,
+                            img_size=GRID * PATCH, patch_size=PATCH, vocab_size=VOCAB, normalize_output=final_norm)
+    model = build_task_model(task, backbone, header)
+    report = load_pretrained(model, str(path), strict=True)  # raises on any missing / unexpected / mismatched key
+    assert not report.missing and not report.unexpected
+    state = model.state_dict()
+    for key, value in heads.items():
+        torch.testing.assert_close(state[key], value.reshape(state[key].shape), rtol=0, atol=0)
+    # the head keys are exactly the task model's non-backbone keys
+    assert set(heads) == {k for k in state if not k.startswith("backbone.")}
