@@ -42,7 +42,7 @@ demo: store-up
 	  $(DVC) push --quiet data.dvc && \
 	  $(DVC) repro && \
 	  $(DVC) push --quiet && \
-	  $(BIN)/python -m beit3ops.demo_summary artifacts
+	  $(BIN)/python -m beit3ops.demo_summary show artifacts
 
 pipeline: install
 	$(BIN)/python -m pipelines.full --output pipelines/full.yaml
