@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BEIT3  := $(BIN)/beit3
 DVC    := $(BIN)/dvc
+# Stage commands in dvc.yaml call `beit3` and `python` from the virtualenv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Export the local store's AWS_* settings into one shell line (the keys never reach a log).
 STORE_ENV = eval "$$($(BEIT3) store env)"
 
