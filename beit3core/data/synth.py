@@ -214,7 +214,8 @@ def _pairs(w: _Writer, rng, counts, source) -> None:
     w.finish(formats.make_header("pairs", "synth-pairs", list(counts), source), rows)
 
 
-def _images(w: _Writer, rng, counts, source) -> None:
+def _labelled_images(w: _Writer, rng, counts, source, kind: str) -> None:
+    """One shape per image, labelled with it: the `images` stream and the classification task alike."""
     rows = {}
     for split, n in counts.items():
         rows[split] = []
@@ -222,7 +223,7 @@ def _images(w: _Writer, rng, counts, source) -> None:
             scene = random_scene(rng, n_objects=1)
             img, image_id = w.image(scene, rng, split)
             rows[split].append({"id": image_id, "image": img, "label": scene.objects[0].shape})
-    w.finish(formats.make_header("images", "synth-images", list(counts), source, labels=sorted(SHAPES)), rows)
+    w.finish(formats.make_header(kind, f"synth-{kind}", list(counts), source, labels=sorted(SHAPES)), rows)
 
 
 def sentence(rng: random.Random) -> str:
@@ -243,18 +244,6 @@ def _text(root: str, rng, counts, source) -> None:
     rows = {split: [{"id": f"text-{split}-{i:06d}", "text": sentence(rng)} for i in range(n)]
             for split, n in counts.items()}
     w.finish(formats.make_header("text", "synth-text", list(counts), source), rows)
-
-
-def _classification(w: _Writer, rng, counts, source) -> None:
-    rows = {}
-    for split, n in counts.items():
-        rows[split] = []
-        for _ in range(n):
-            scene = random_scene(rng, n_objects=1)
-            img, image_id = w.image(scene, rng, split)
-            rows[split].append({"id": image_id, "image": img, "label": scene.objects[0].shape})
-    w.finish(formats.make_header("classification", "synth-classification", list(counts), source,
-                                 labels=sorted(SHAPES)), rows)
 
 
 ANSWER_TYPES = {
@@ -372,7 +361,8 @@ def synthesize(out: str, *, seed: int = 0, image_size: int = 64, scale: float = 
     counts = {name: {split: _n(n, scale) for split, n in splits.items()} for name, splits in SIZES_AT_SCALE_1.items()}
     layout = {"pairs": "pairs", "images": "images", "text": "text",
               **{t: f"tasks/{t}" for t in ("classification", "vqa", "nlvr2", "retrieval", "captioning")}}
-    makers = {"pairs": _pairs, "images": _images, "classification": _classification, "vqa": _vqa, "nlvr2": _nlvr2,
+    makers = {"pairs": _pairs, "images": lambda *a: _labelled_images(*a, "images"),
+              "classification": lambda *a: _labelled_images(*a, "classification"), "vqa": _vqa, "nlvr2": _nlvr2,
               "retrieval": lambda *a: _caption_task("retrieval", *a),
               "captioning": lambda *a: _caption_task("captioning", *a)}
     summary = {}
