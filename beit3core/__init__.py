@@ -7,7 +7,7 @@ Heavy dependencies (torch, timm, great_expectations) load on first use, so `impo
     model = beit3core.create_model("beit3_base_patch16_224")
 """
 
-import importlib
+from beit3core._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'beit3core' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

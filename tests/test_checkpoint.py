@@ -11,6 +11,7 @@ from beit3core.checkpoint import (
 )
 from beit3core.errors import UserError
 from beit3core.models import create_model
+from released_layout import released_backbone
 
 D, FFN, DEPTH, VOCAB, GRID = 32, 64, 2, 50, 4  # img 32, patch 8
 
@@ -18,34 +19,11 @@ D, FFN, DEPTH, VOCAB, GRID = 32, 64, 2, 50, 4  # img 32, patch 8
 def unilm_state_dict(grid=GRID, seed=0, heads=True):
     """A synthetic file in the released layout (reference §5): `beit3.*` keys plus task heads."""
     g = torch.Generator().manual_seed(seed)
-
-    def t(*shape):
-        return torch.randn(*shape, generator=g)
-
-    sd = {
-        "beit3.text_embed.weight": t(VOCAB, D),
-        "beit3.vision_embed.mask_token": t(1, 1, D),
-        "beit3.vision_embed.cls_token": t(1, 1, D),
-        "beit3.vision_embed.proj.weight": t(D, 3, 8, 8),
-        "beit3.vision_embed.proj.bias": t(D),
-        "beit3.encoder.embed_positions.A.weight": t(grid * grid + 3, D),
-        "beit3.encoder.embed_positions.B.weight": t(1024, D),
-    }
-    for i in range(DEPTH):
-        p = f"beit3.encoder.layers.{i}."
-        for e in "AB":
-            for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-                sd[f"{p}self_attn.{proj}.{e}.weight"], sd[f"{p}self_attn.{proj}.{e}.bias"] = t(D, D), t(D)
-            for ln in ("self_attn.inner_attn_ln", "self_attn_layer_norm", "final_layer_norm"):
-                sd[f"{p}{ln}.{e}.weight"], sd[f"{p}{ln}.{e}.bias"] = t(D), t(D)
-            sd[f"{p}ffn.{e}.fc1.weight"], sd[f"{p}ffn.{e}.fc1.bias"] = t(FFN, D), t(FFN)
-            sd[f"{p}ffn.{e}.fc2.weight"], sd[f"{p}ffn.{e}.fc2.bias"] = t(D, FFN), t(D)
-            sd[f"{p}ffn.{e}.ffn_layernorm.weight"], sd[f"{p}ffn.{e}.ffn_layernorm.bias"] = t(FFN), t(FFN)
-    for e in "AB":
-        sd[f"beit3.encoder.layer_norm.{e}.weight"], sd[f"beit3.encoder.layer_norm.{e}.bias"] = t(D), t(D)
+    sd = released_backbone(dim=D, ffn=FFN, depth=DEPTH, vocab=VOCAB, grid=grid, patch=8, final_norm=True, generator=g)
     if heads:
-        sd.update({"vision_head.weight": t(D, D), "language_head.weight": t(D, D), "logit_scale": torch.tensor(2.6),
-                   "mim_head.weight": t(8192, D), "mim_head.bias": t(8192)})
+        sd.update({"vision_head.weight": torch.randn(D, D, generator=g),
+                   "language_head.weight": torch.randn(D, D, generator=g), "logit_scale": torch.tensor(2.6),
+                   "mim_head.weight": torch.randn(8192, D, generator=g), "mim_head.bias": torch.randn(8192, generator=g)})
     return sd
 
 

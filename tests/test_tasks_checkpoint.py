@@ -7,6 +7,7 @@ import torch
 from beit3core.checkpoint import load_pretrained
 from beit3core.models import create_model
 from beit3core.tasks import build_task_model
+from released_layout import released_backbone
 
 D, FFN, DEPTH, VOCAB, GRID, PATCH = 32, 64, 2, 60, 4, 8
 
@@ -18,40 +19,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def released_backbone(final_norm: bool, g: torch.Generator) -> dict:
-    """`beit3.*` keys and shapes of the released files (beit3.md section 5) for a tiny config."""
-    def t(*shape):
-        return torch.randn(*shape, generator=g)
-
-    sd = {
-        "beit3.text_embed.weight": t(VOCAB, D),
-        "beit3.vision_embed.mask_token": t(1, 1, D),
-        "beit3.vision_embed.cls_token": t(1, 1, D),
-        "beit3.vision_embed.proj.weight": t(D, 3, PATCH, PATCH),
-        "beit3.vision_embed.proj.bias": t(D),
-        "beit3.encoder.embed_positions.A.weight": t(GRID * GRID + 3, D),
-        "beit3.encoder.embed_positions.B.weight": t(1024, D),
-    }
-    for i in range(DEPTH):
-        p = f"beit3.encoder.layers.{i}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            for e in "AB":
-                sd[f"{p}self_attn.{proj}.{e}.weight"], sd[f"{p}self_attn.{proj}.{e}.bias"] = t(D, D), t(D)
-        for ln in ("self_attn.inner_attn_ln", "self_attn_layer_norm"):
-            for e in "AB":
-                sd[f"{p}{ln}.{e}.weight"], sd[f"{p}{ln}.{e}.bias"] = t(D), t(D)
-        for e in "AB":
-            sd[f"{p}ffn.{e}.fc1.weight"], sd[f"{p}ffn.{e}.fc1.bias"] = t(FFN, D), t(FFN)
-            sd[f"{p}ffn.{e}.fc2.weight"], sd[f"{p}ffn.{e}.fc2.bias"] = t(D, FFN), t(D)
-            sd[f"{p}ffn.{e}.ffn_layernorm.weight"], sd[f"{p}ffn.{e}.ffn_layernorm.bias"] = t(FFN), t(FFN)
-        for e in "AB":
-            sd[f"{p}final_layer_norm.{e}.weight"], sd[f"{p}final_layer_norm.{e}.bias"] = t(D), t(D)
-    if final_norm:
-        for e in "AB":
-            sd[f"beit3.encoder.layer_norm.{e}.weight"], sd[f"beit3.encoder.layer_norm.{e}.bias"] = t(D), t(D)
-    return sd
 
 
 def released_heads(task: str, n: int, g: torch.Generator) -> dict:
@@ -80,7 +47,8 @@ CASES = [("classification", False, 7), ("vqa", False, 11), ("nlvr2", True, 2), (
 def test_released_layout_loads_strictly(tmp_path, task, final_norm, n):
     g = torch.Generator().manual_seed(0)
     heads = released_heads(task, n, g)
-    sd = {**released_backbone(final_norm, g), **heads}
+    sd = {**released_backbone(dim=D, ffn=FFN, depth=DEPTH, vocab=VOCAB, grid=GRID, patch=PATCH,
+                               final_norm=final_norm, generator=g), **heads}
     path = tmp_path / f"{task}.pth"
     torch.save({"model": sd}, path)
     header = {"labels": [f"c{i}" for i in range(n)], "answers": [f"a{i}" for i in range(n)]}

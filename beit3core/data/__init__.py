@@ -16,7 +16,7 @@ Stage functions (`synthesize`, `validate`, `import_dataset`) load on first use, 
 stays light (Great Expectations is imported only inside validation).
 """
 
-import importlib
+from beit3core._lazy import lazy_getattr
 
 from beit3core.data.formats import KINDS, find_datasets, is_dataset, make_header
 from beit3core.data.reading import (
@@ -47,7 +47,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'beit3core.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -5,7 +5,7 @@
 The trainer loop lives in `beit3train.pretrain`.
 """
 
-import importlib
+from beit3core._lazy import lazy_getattr
 
 _LAZY = {
     "Beit3ForPretraining": "beit3core.pretrain.model",
@@ -25,7 +25,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'beit3core.pretrain' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

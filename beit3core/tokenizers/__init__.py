@@ -6,7 +6,7 @@ Names load lazily, so `import beit3core.tokenizers.text` (e.g. in a tokenizing w
 for torch.
 """
 
-import importlib
+from beit3core._lazy import lazy_getattr
 
 _LAZY = {
     "TextTokenizer": "beit3core.tokenizers.text",
@@ -20,7 +20,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'beit3core.tokenizers' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
