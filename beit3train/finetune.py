@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, typ in (("img-size", int), ("max-len", int), ("batch-size", int), ("eval-batch-size", int),
                       ("epochs", float), ("warmup-epochs", float), ("steps", int), ("warmup-steps", int),
                       ("lr", float), ("min-lr", float), ("layer-decay", float), ("head-lr-scale", float),
+                      ("head-init-scale", float),
                       ("drop-path", float), ("weight-decay", float), ("eps", float), ("clip-grad", float),
                       ("label-smoothing", float), ("mixup", float), ("cutmix", float), ("mask-prob", float),
                       ("drop-worst-after", int), ("num-beams", int), ("length-penalty", float),
@@ -63,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SETTING_ARGS = ("model", "img_size", "max_len", "batch_size", "eval_batch_size", "epochs", "warmup_epochs", "steps",
-                 "warmup_steps", "lr", "min_lr", "layer_decay", "head_lr_scale", "drop_path", "weight_decay", "eps",
-                 "clip_grad", "label_smoothing", "mixup", "cutmix", "mask_prob", "drop_worst_after", "num_beams",
-                 "length_penalty", "crop_scale_min", "hflip", "normalize_output")
+                 "warmup_steps", "lr", "min_lr", "layer_decay", "head_lr_scale", "head_init_scale", "drop_path",
+                 "weight_decay", "eps", "clip_grad", "label_smoothing", "mixup", "cutmix", "mask_prob",
+                 "drop_worst_after", "num_beams", "length_penalty", "crop_scale_min", "hflip", "normalize_output")
 
 
 def parse_args(argv: list[str] | None):
@@ -113,7 +114,8 @@ def build_task_model_for_init(task: str, settings, header: dict, tokenizer, init
                           normalize_output=settings.normalize_output)
     if init == "random":
         backbone = create_model(settings.model, vocab_size=tokenizer.vocab_size, **task_overrides)
-        return build_task_model(task, backbone, header), {"init": "random", "model": settings.model}
+        task_model = build_task_model(task, backbone, header, settings.head_init_scale)
+        return task_model, {"init": "random", "model": settings.model}
     if not io.exists(init):
         raise UserError(f"--init {init}: no such file or folder (give a model folder, a .pth, or 'random')")
     meta = _native_meta(init)
@@ -124,7 +126,7 @@ def build_task_model_for_init(task: str, settings, header: dict, tokenizer, init
         if tokenizer.vocab_size > config.vocab_size:
             raise UserError(f"--text-tokenizer: {tokenizer.vocab_size} ids do not fit the {config.vocab_size}-row "
                             f"text embedding of {init} (was it pretrained with another tokenizer?)")
-        task_model = build_task_model(task, Beit3Model(config), header)
+        task_model = build_task_model(task, Beit3Model(config), header, settings.head_init_scale)
         if meta.get("architecture") == "Beit3TaskModel":  # a fine-tuned model: heads come along if they fit
             report = load_pretrained(task_model, init)
         else:  # a pretrained backbone
@@ -132,7 +134,7 @@ def build_task_model_for_init(task: str, settings, header: dict, tokenizer, init
         kind = "native"
     else:
         backbone = create_model(settings.model, vocab_size=max(tokenizer.vocab_size, 64010), **task_overrides)
-        task_model = build_task_model(task, backbone, header)
+        task_model = build_task_model(task, backbone, header, settings.head_init_scale)
         report = load_pretrained(task_model, init)
         kind = "official"
     into_backbone = meta is not None and meta.get("architecture") != "Beit3TaskModel"

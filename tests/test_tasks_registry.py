@@ -33,3 +33,22 @@ def test_overrides_and_validation():
         settings_for("vqa", layer_decay=1.5)
     with pytest.raises(UserError, match="--steps / --epochs"):
         settings_for("vqa", steps=0, epochs=0)
+
+
+def test_head_init_scale_setting_reaches_the_scaled_heads():
+    import torch
+
+    from beit3core import create_model
+    from beit3core.tasks import build_task_model
+
+    assert settings_for("classification").head_init_scale == 0.001  # released
+    with pytest.raises(UserError, match="--head-init-scale"):
+        settings_for("nlvr2", head_init_scale=0)
+    torch.manual_seed(0)
+    backbone = create_model("beit3_tiny_patch16_224", vocab_size=16, depth=1)
+    header = {"labels": ["a", "b", "c"]}
+    released = build_task_model("classification", backbone, header).head.weight.abs().max().item()
+    unscaled = build_task_model("classification", backbone, header, head_init_scale=1.0).head.weight.abs().max().item()
+    assert released <= 0.02 * 0.001 + 1e-9 and 0.01 < unscaled <= 0.02
+    nlvr2 = build_task_model("nlvr2", backbone, {}, head_init_scale=1.0)
+    assert nlvr2.head.dense2.weight.abs().max().item() > 0.01
