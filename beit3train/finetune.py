@@ -9,6 +9,10 @@ config.json = the backbone config; task.json = task, settings, label/answer voca
 FT/tb/ (training curves). `--init` is this platform's pretraining RUN/model folder, a fine-tuned FT/model
 folder, an official BEiT-3 .pth (local or s3://), or `random`.
 
+Checkpoints: `--ckpt-every-epochs N` writes OUT/checkpoints/step-XXXXXXX/ (atomic, COMPLETE marker, keep-last-K,
+beit3train.checkpointing) at epoch ends and resumes from the latest complete one when rerun with the same
+--out and settings; a resumed run ends with the same weights as an uninterrupted one.
+
 Distributed: run under torchrun / a PyTorchJob (the same launcher as pretraining); each rank reads its share
 of the training split, gradients are averaged by DDP, and the retrieval loss gathers negatives from every rank.
 """
@@ -46,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=8, help="sample predictions shown in the report")
     p.add_argument("--max-eval-examples", type=int, default=0, help="evaluate on the first N rows only (0: all)")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--ckpt-every-epochs", type=int, default=0,
+                   help="checkpoint to OUT/checkpoints/ every N epochs and resume from the latest one (0: off)")
+    p.add_argument("--keep-last", type=int, default=2, help="complete checkpoints to keep")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("settings (default: the recipe's value for the task)")
     for flag, typ in (("img-size", int), ("max-len", int), ("batch-size", int), ("eval-batch-size", int),
@@ -73,6 +80,10 @@ def parse_args(argv: list[str] | None):
     from beit3core.tasks import settings_for
 
     args = build_parser().parse_args(argv)
+    if args.ckpt_every_epochs < 0 or args.keep_last < 1:
+        from beit3core.errors import UserError
+
+        raise UserError("--ckpt-every-epochs must be >= 0 and --keep-last >= 1")
     overrides = {k: getattr(args, k) for k in _SETTING_ARGS}
     if args.betas is not None:
         overrides["betas"] = tuple(args.betas)
@@ -190,6 +201,7 @@ def finetune(args, settings) -> dict:
     from beit3core.tasks.data import Collator, check_kind, train_loader
     from beit3core.tasks.report import write_report
     from beit3core.tokenizers import TextTokenizer
+    from beit3train import checkpointing
     from beit3train.distributed import (all_gather_with_grad, barrier, cleanup_distributed, init_distributed,
                                         unwrap_model)
     from beit3train.metrics import MetricsLogger
@@ -239,14 +251,18 @@ def finetune(args, settings) -> dict:
     ctx = StepContext(settings=settings, rng=np.random.default_rng(args.seed + 1000 * dist_info.rank),
                       gather=all_gather_with_grad if dist_info.distributed else None, rank=dist_info.rank,
                       mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size)
-    logger = MetricsLogger(args.out if dist_info.is_main else None, total_steps=total,
+    step, epoch, losses = 0, 0, []
+    resume_uri = checkpointing.resolve_resume(args.out) if args.ckpt_every_epochs > 0 else None
+    if resume_uri:
+        step, epoch, losses = _resume(resume_uri, train_model, optimizer, scheduler, ctx, settings, dist_info)
+    logger = MetricsLogger(args.out if dist_info.is_main else None, start_step=step, total_steps=total,
                            progress=not args.no_progress, desc=f"finetune {task}")
     print(f"finetune {task}: {total} steps of batch {settings.batch_size} x {dist_info.world_size} rank(s), "
-          f"{per_epoch} steps per epoch, init {init_info['init']}, device {device}")
+          f"{per_epoch} steps per epoch, init {init_info['init']}, device {device}"
+          + (f", resumed at step {step} from {resume_uri}" if resume_uri else ""))
 
-    step, losses, started = 0, [], time.time()
+    started = time.time()
     train_model.train()
-    epoch = 0
     while step < total:
         loader.generator.manual_seed(args.seed + dist_info.rank + 7919 * epoch)
         for batch in loader:
@@ -273,6 +289,10 @@ def finetune(args, settings) -> dict:
             if step >= total:
                 break
         epoch += 1
+        if args.ckpt_every_epochs > 0 and epoch % args.ckpt_every_epochs == 0 and step < total:
+            # Epoch boundaries only: the next epoch's data order follows from (seed, rank, epoch) alone.
+            _save_checkpoint(args, train_model, optimizer, scheduler, ctx, settings, dist_info, step, epoch,
+                             losses)
     logger.close()
     train_seconds = time.time() - started
 
@@ -300,6 +320,47 @@ def finetune(args, settings) -> dict:
     barrier()
     cleanup_distributed()
     return result
+
+
+def _save_checkpoint(args, train_model, optimizer, scheduler, ctx, settings, dist_info, step, epoch, losses):
+    """OUT/checkpoints/step-N: model, optimizer, scheduler, every rank's RNGs (collective: all ranks call it)."""
+    from beit3train import checkpointing
+    from beit3train.distributed import all_gather_object, barrier, unwrap_model
+
+    # Plain state dicts (no FSDP here): parameters a task never uses (mask_token, idle experts) have no
+    # optimizer state, which the torch.distributed.checkpoint loaders would reject.
+    model_sd = {k: v.detach().cpu() for k, v in unwrap_model(train_model).state_dict().items()}
+    optim_sd = optimizer.state_dict()
+    rng = checkpointing.gather_rng_states()
+    task_rng = all_gather_object(ctx.rng.bit_generator.state)
+    if dist_info.is_main:
+        state = {"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": step,
+                 "epoch": epoch, "losses": list(losses), "rng": rng, "task_rng": task_rng,
+                 "settings": settings.to_dict(), "world_size": dist_info.world_size}
+        checkpointing.save_checkpoint(args.out, step, state, keep_last=args.keep_last)
+    barrier()
+
+
+def _resume(uri, train_model, optimizer, scheduler, ctx, settings, dist_info):
+    """Load a fine-tuning checkpoint into the model, optimizer, scheduler and every RNG; (step, epoch, losses)."""
+    from beit3core.errors import UserError
+    from beit3train import checkpointing
+    from beit3train.distributed import unwrap_model
+
+    meta = checkpointing.load_checkpoint(uri)  # every rank reads it: fine-tuning checkpoints are small
+    if meta["world_size"] != dist_info.world_size:
+        raise UserError(f"{uri}: written by {meta['world_size']} rank(s); this job has {dist_info.world_size}")
+    current = settings.to_dict()
+    changed = sorted(k for k in current if meta["settings"].get(k) != current[k])
+    if changed:
+        raise UserError(f"{uri}: settings differ from the checkpoint's ({', '.join(changed)}); use a new --out")
+    unwrap_model(train_model).load_state_dict(meta["model"])
+    optimizer.load_state_dict(meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    checkpointing.restore_rank_rng(meta["rng"], dist_info.rank)
+    ctx.rng.bit_generator.state = meta["task_rng"][dist_info.rank]
+    log.info("resuming from %s at step %d (epoch %d)", uri, meta["step"], meta["epoch"])
+    return meta["step"], meta["epoch"], list(meta["losses"])
 
 
 def metrics_document(task: str, split: str, metrics: dict, data_uri: str, selection_key: str) -> dict:

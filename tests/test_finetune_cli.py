@@ -160,3 +160,59 @@ def test_finetune_on_s3(synth, tmp_path, s3_prefix):
     metrics = io.read_json(f"{s3_prefix}/run/metrics.json")
     assert "average_score" in metrics and io.exists(f"{s3_prefix}/run/model/model.safetensors")
     assert re.search(r"data:image/jpeg;base64,", io.read_text(f"{s3_prefix}/run/report.html"))
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(synth, tmp_path):
+    """Checkpoints at epoch ends; a run SIGKILLed while writing its second checkpoint resumes from the first
+    and ends with the same weights as a run that was never interrupted (captioning: crops draw from torch's
+    RNG, caption masks from the task RNG)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    from beit3core import data
+    from beit3train.checkpointing import CRASH_ENV, list_checkpoints
+
+    task = "captioning"
+    data_uri = str(synth / "synth" / "tasks" / task)
+    per_epoch = len(data.read_rows(data_uri, "train")) // 4
+    argv = ["--task", task, "--data", data_uri, "--text-tokenizer", str(synth / "tok"), "--init", "random",
+            "--recipe", "demo", "--steps", str(3 * per_epoch), "--warmup-steps", "2", "--batch-size", "4",
+            "--img-size", "32", "--max-len", "12", "--eval-batch-size", "8", "--max-eval-examples", "4",
+            "--threads", "1", "--no-progress", "--ckpt-every-epochs", "1"]
+
+    def run(out, env_extra=None):
+        env = {**os.environ, **(env_extra or {})}
+        return subprocess.run([sys.executable, "-m", "beit3train.finetune", *argv, "--out", str(out)], env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = run(tmp_path / "resumed", {CRASH_ENV: str(2 * per_epoch)})
+    assert killed.returncode == -9
+    assert [s for s, _, done in list_checkpoints(str(tmp_path / "resumed")) if done] == [per_epoch]
+    resumed = run(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed at step {per_epoch}" in resumed.stdout
+
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert ma["train"]["final_loss"] == mb["train"]["final_loss"] and ma["cider"] == mb["cider"]
+
+
+def test_resume_refuses_changed_settings(synth, tmp_path):
+    from beit3train.checkpointing import list_checkpoints
+
+    _finetune(synth, "classification", tmp_path / "run", "--steps", "10", "--batch-size", "4",
+              "--ckpt-every-epochs", "1")
+    assert list_checkpoints(str(tmp_path / "run"))  # 30 rows: an epoch is 7 steps of 4
+    with pytest.raises(UserError, match="settings differ"):
+        _finetune(synth, "classification", tmp_path / "run", "--steps", "10", "--batch-size", "4",
+                  "--ckpt-every-epochs", "1", "--lr", "0.5")

@@ -38,3 +38,38 @@ def test_finetune_two_processes(tmp_path, task):
     assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 2
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert proc.stdout.count("wrote") == 1  # rank 0 alone evaluates and writes
+
+
+@pytest.mark.slow
+def test_finetune_two_processes_resume_is_exact(tmp_path):
+    """Under DDP every rank restores its own RNGs: rerunning a finished run resumes from its last epoch-end
+    checkpoint and rewrites the same final weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from beit3core import data
+    from beit3core.tokenizers import TextTokenizer
+
+    data.synthesize(str(tmp_path / "synth"), seed=1, image_size=32, scale=0.03)
+    rows = data.read_rows(str(tmp_path / "synth" / "tasks" / "retrieval"), "train")
+    TextTokenizer.train([r["caption"] for r in rows], vocab_size=30).save(str(tmp_path / "tok"))
+    task_uri = str(tmp_path / "synth" / "tasks" / "classification")
+    per_rank_epoch = len(data.read_rows(task_uri, "train")) // 2 // 4
+
+    def run():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+               "127.0.0.1", "--master_port", str(_free_port()), "-m", "beit3train.finetune", "--task",
+               "classification", "--data", task_uri, "--text-tokenizer", str(tmp_path / "tok"), "--init", "random",
+               "--out", str(tmp_path / "run"), "--recipe", "demo", "--steps", str(per_rank_epoch + 2),
+               "--warmup-steps", "1", "--batch-size", "4", "--img-size", "32", "--max-eval-examples", "8",
+               "--no-progress", "--device", "cpu", "--ckpt-every-epochs", "1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return proc.stdout, load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+
+    first_out, first = run()
+    assert "resumed" not in first_out
+    second_out, second = run()
+    assert f"resumed at step {per_rank_epoch}" in second_out
+    assert all(torch.equal(first[k], second[k]) for k in first)
