@@ -113,7 +113,7 @@ DEMO_DEFAULTS: dict[str, dict] = {
     "nlvr2": dict(_DEMO_COMMON, batch_size=32, steps=300, lr=3e-4, max_len=16, weight_decay=0.05,
                   head_init_scale=1.0),
     "retrieval": dict(_DEMO_COMMON, batch_size=32, steps=600, warmup_steps=50, lr=3e-4, max_len=24),
-    "captioning": dict(_DEMO_COMMON, batch_size=32, steps=200, warmup_steps=20, lr=5e-4, max_len=20,
+    "captioning": dict(_DEMO_COMMON, batch_size=32, steps=600, warmup_steps=40, lr=1e-3, max_len=20,
                        mask_prob=0.4, drop_worst_after=0, num_beams=3),
 }
 
