@@ -102,7 +102,7 @@ TASK_DEFAULTS: dict[str, dict] = {
 # per task. Left/right words matter in the synthetic captions and questions, so no horizontal flip. Measured on
 # that data: heads scaled to 0.001 (released) leave Adam a short budget of near-zero backbone gradients, so the
 # demo starts classification and NLVR2 heads at their plain init; the retrieval contrastive loss sits at
-# ln(batch) for ~200 steps before image and text features align, so retrieval gets the longest run.
+# ln(batch) for ~200 steps before image and text features align, so retrieval (like captioning) runs 600 steps.
 _DEMO_COMMON = dict(model="beit3_tiny_patch8_64", img_size=64, hflip=False, crop_scale_min=0.8, drop_path=0.0,
                     layer_decay=0.9, warmup_steps=30, eval_batch_size=64, min_lr=1e-5, betas=(0.9, 0.999))
 DEMO_DEFAULTS: dict[str, dict] = {
