@@ -33,6 +33,10 @@ def show(artifacts: str) -> str:
         s = io.read_json(summary)
         lines.append("pretraining: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in sorted(s.items()) if not isinstance(v, (dict, list))))
+        if s.get("grounding"):
+            from beit3core.pretrain import describe_grounding
+
+            lines.append("  " + describe_grounding(s["grounding"]))
     eval_root = io.join(artifacts, "eval")
     if io.exists(eval_root):
         lines.append("evaluation (test split):")

@@ -75,6 +75,15 @@ def log_metrics(metrics_artifact, values: dict, *, prefix: str = "", exclude: tu
     return flat
 
 
+def log_metrics_file(metrics_artifact, uri: str, *, exclude: tuple[str, ...] = (),
+                     required: bool = True) -> dict[str, float]:
+    """`log_metrics` of the JSON file a stage wrote (summary.json, metrics.json); a missing optional file
+    logs nothing."""
+    if not required and not io.exists(uri):
+        return {}
+    return log_metrics(metrics_artifact, io.read_json(uri), exclude=exclude)
+
+
 def publish_html(src_uri: str, html_artifact, output_root: str = "") -> str:
     """Copy an HTML report to the artifact's URI so the KFP UI shows it (Visualization tab)."""
     target = output_target(html_artifact, output_root, suffix=".html")

@@ -254,7 +254,7 @@ def finetune(args, settings) -> dict:
     step, epoch, losses = 0, 0, []
     resume_uri = checkpointing.resolve_resume(args.out) if args.ckpt_every_epochs > 0 else None
     if resume_uri:
-        step, epoch, losses = _resume(resume_uri, train_model, optimizer, scheduler, ctx, settings, dist_info)
+        step, epoch, losses = _resume(resume_uri, train_model, optimizer, scheduler, ctx, settings, dist_info, args.seed)
     logger = MetricsLogger(args.out if dist_info.is_main else None, start_step=step, total_steps=total,
                            progress=not args.no_progress, desc=f"finetune {task}")
     print(f"finetune {task}: {total} steps of batch {settings.batch_size} x {dist_info.world_size} rank(s), "
@@ -336,12 +336,12 @@ def _save_checkpoint(args, train_model, optimizer, scheduler, ctx, settings, dis
     if dist_info.is_main:
         state = {"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": step,
                  "epoch": epoch, "losses": list(losses), "rng": rng, "task_rng": task_rng,
-                 "settings": settings.to_dict(), "world_size": dist_info.world_size}
+                 "settings": settings.to_dict(), "world_size": dist_info.world_size, "seed": args.seed}
         checkpointing.save_checkpoint(args.out, step, state, keep_last=args.keep_last)
     barrier()
 
 
-def _resume(uri, train_model, optimizer, scheduler, ctx, settings, dist_info):
+def _resume(uri, train_model, optimizer, scheduler, ctx, settings, dist_info, seed):
     """Load a fine-tuning checkpoint into the model, optimizer, scheduler and every RNG; (step, epoch, losses)."""
     from beit3core.errors import UserError
     from beit3train import checkpointing
@@ -350,6 +350,8 @@ def _resume(uri, train_model, optimizer, scheduler, ctx, settings, dist_info):
     meta = checkpointing.load_checkpoint(uri)  # every rank reads it: fine-tuning checkpoints are small
     if meta["world_size"] != dist_info.world_size:
         raise UserError(f"{uri}: written by {meta['world_size']} rank(s); this job has {dist_info.world_size}")
+    if meta["seed"] != seed:  # the data order after resuming follows from the seed
+        raise UserError(f"{uri}: written with --seed {meta['seed']}; this job has --seed {seed}")
     current = settings.to_dict()
     changed = sorted(k for k in current if meta["settings"].get(k) != current[k])
     if changed:

@@ -7,7 +7,8 @@
 The flow: parse argv once into a frozen PretrainConfig -> init the process group (DistInfo) -> build the
 backbone + heads -> DDP or FSDP2 -> AdamW + warmup/cosine -> resume from RUN_URI's latest complete
 checkpoint (rank 0 decides) -> the step loop -> final checkpoint, RUN_URI/model (the backbone, what
-fine-tuning loads), RUN_URI/summary.json. Rerunning the same command continues a killed run exactly.
+fine-tuning loads), RUN_URI/summary.json with the grounding check on held-out pairs. Rerunning the same
+command continues a killed run exactly.
 
 Outputs under RUN_URI: checkpoints/step-XXXXXXX/ (model incl. mlm_head/mim_head, optimizer, scheduler,
 RNG per rank, data position), model/ (backbone only: model.safetensors + config.json), metrics.jsonl,
@@ -66,6 +67,8 @@ class PretrainConfig:
     num_workers: int = 2
     log_every: int = 10
     checkpoint_activations: bool = False
+    eval_split: str = "val"  # held-out pairs for the grounding check (beit3core.pretrain.grounding)
+    grounding_pairs: int = 512  # 0: no grounding check
 
     @property
     def warmup_steps(self) -> int:
@@ -125,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=d["num_workers"].default, help="DataLoader workers per rank")
     p.add_argument("--log-every", type=int, default=d["log_every"].default)
     p.add_argument("--checkpoint-activations", action="store_true", help="recompute blocks in backward")
+    p.add_argument("--eval-split", default=d["eval_split"].default,
+                   help="split of the pair datasets for the end-of-run grounding check")
+    p.add_argument("--grounding-pairs", type=int, default=d["grounding_pairs"].default,
+                   help="held-out pairs the grounding check reads (0: skip it)")
     return p
 
 
@@ -294,6 +301,36 @@ def _summary_from_history(rows: list[dict], total: int, vocab: int, codebook: in
     }
 
 
+def _load_eval_pairs(cfg: PretrainConfig, pair_datasets: list[str]):
+    """The `cfg.eval_split` rows of the pair datasets that have that split, as a Stream, or None (logged).
+    Loaded before training, so stale or missing token files fail the run at once, not at its end."""
+    from beit3core import data, io
+    from beit3core.pretrain import load_stream
+
+    if cfg.grounding_pairs <= 0:
+        return None
+    with_split = [rel for rel in pair_datasets
+                  if cfg.eval_split in data.read_header(io.join(cfg.data, rel) if rel else cfg.data)["splits"]]
+    stream = load_stream("pairs", cfg.data, cfg.text_tokenizer, cfg.visual_tokens, cfg.eval_split, with_split)
+    if len(stream) < 2:
+        log.warning("no grounding check: fewer than 2 pairs in split %r of %s", cfg.eval_split, cfg.data)
+        return None
+    return stream
+
+
+def _grounding(cfg: PretrainConfig, eval_pairs, masking, model_sd: dict, backbone, device) -> dict | None:
+    """The pair-grounding check (beit3core.pretrain.grounding) of the exported weights, on rank 0."""
+    from beit3core.pretrain import Beit3ForPretraining, MixedBatches, pair_grounding
+
+    if eval_pairs is None:
+        return None
+    model = Beit3ForPretraining(backbone, model_sd["mlm_head.weight"].shape[0], model_sd["mim_head.weight"].shape[0])
+    model.load_state_dict(model_sd)
+    mixer = MixedBatches({"pairs": eval_pairs}, {"pairs": 1}, masking, seed=cfg.seed, start_step=0, total_steps=0)
+    result = pair_grounding(model.to(device), mixer, max_pairs=cfg.grounding_pairs, seed=cfg.seed, device=device)
+    return {"split": cfg.eval_split, **result}
+
+
 def _dump_weights(model, dist_info, tag: str) -> None:
     folder = os.environ.get(DUMP_ENV)
     if folder:
@@ -369,6 +406,7 @@ def train(cfg: PretrainConfig, dist_info) -> dict:
             raise UserError(f"{cfg.data}: no dataset of kind {name.rstrip('s') if name != 'texts' else 'text'!r} "
                             f"for --batch-{name} {batch_size}")
         streams[name] = load_stream(name, cfg.data, cfg.text_tokenizer, cfg.visual_tokens, cfg.split, found[name])
+    eval_pairs = _load_eval_pairs(cfg, found["pairs"]) if is_main else None
     masking = MaskingConfig(cfg.text_mask_ratio, cfg.pair_text_mask_ratio, cfg.image_mask_ratio, tok.mask_id,
                             visual["grid"], visual["img_size"], cfg.max_text_len)
     dataset = MixedBatches(streams, cfg.batch_sizes, masking, seed=cfg.seed, start_step=start_step,
@@ -462,7 +500,8 @@ def train(cfg: PretrainConfig, dist_info) -> dict:
         rows = io.read_jsonl(io.join(cfg.out, "metrics.jsonl")) if io.exists(io.join(cfg.out, "metrics.jsonl")) else []
         summary = _summary_from_history(rows, cfg.steps, tok.vocab_size, visual["codebook_size"])
         summary.update(model=cfg.model, layout=config.layout, samples_seen=samples_seen,
-                       world_size=dist_info.world_size, resumed_from=ctx.resume_uri)
+                       world_size=dist_info.world_size, resumed_from=ctx.resume_uri,
+                       grounding=_grounding(cfg, eval_pairs, masking, model_sd, backbone, device))
         io.write_json(io.join(cfg.out, "summary.json"), summary)
     barrier()
     return summary
@@ -486,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: {cfg.steps} steps -> {cfg.out}/model; MLM acc {show(summary['mlm_acc'])} "
               f"(chance {summary['mlm_chance']:.4f}), MIM acc {show(summary['mim_acc'])} "
               f"(chance {summary['mim_chance']:.4f})")
+        if summary["grounding"]:
+            from beit3core.pretrain import describe_grounding
+
+            print("pretrain: " + describe_grounding(summary["grounding"]))
     return 0
 
 

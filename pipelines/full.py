@@ -14,7 +14,6 @@ tokenization and pretraining and fine-tunes from an existing checkpoint instead.
 pod from the `beit3-s3` Secret (kfp-kubernetes), never through parameters or this YAML.
 """
 
-import sys
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
@@ -161,4 +160,8 @@ def compile_pipeline(path: str | Path = PIPELINE_YAML) -> Path:
 
 
 if __name__ == "__main__":
-    print(compile_pipeline(sys.argv[1] if len(sys.argv) > 1 else PIPELINE_YAML))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="compile the full pipeline to YAML")
+    parser.add_argument("--output", default=PIPELINE_YAML, help="where to write the compiled pipeline")
+    print(compile_pipeline(parser.parse_args().output))

@@ -206,6 +206,15 @@ def test_log_metrics_can_leave_out_settings():
     assert kfp_io.log_metrics(m, {"acc1": 50.0, "settings": {"lr": 0.1}}, exclude=("settings",)) == {"acc1": 50.0}
 
 
+def test_log_metrics_file_reads_the_stage_json_and_skips_a_missing_optional_one(tmp_path):
+    m = Metrics(name="metrics", uri="/tmp/unused")
+    (tmp_path / "summary.json").write_text('{"mim_acc": 0.25, "settings": {"lr": 0.1}}')
+    assert kfp_io.log_metrics_file(m, str(tmp_path / "summary.json"), exclude=("settings",)) == {"mim_acc": 0.25}
+    assert kfp_io.log_metrics_file(m, str(tmp_path / "absent.json"), required=False) == {}
+    with pytest.raises(UserError, match="absent.json: no such file"):
+        kfp_io.log_metrics_file(m, str(tmp_path / "absent.json"))
+
+
 def test_dockerfile_installs_the_lock_file_and_runs_as_non_root():
     """No Docker daemon here: check the Dockerfile's decisive lines instead of building it."""
     root = Path(__file__).resolve().parents[1]

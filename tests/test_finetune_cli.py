@@ -207,7 +207,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(synth, tmp_path):
     assert ma["train"]["final_loss"] == mb["train"]["final_loss"] and ma["cider"] == mb["cider"]
 
 
-def test_resume_refuses_changed_settings(synth, tmp_path):
+def test_resume_refuses_changed_settings_or_seed(synth, tmp_path):
     from beit3train.checkpointing import list_checkpoints
 
     _finetune(synth, "classification", tmp_path / "run", "--steps", "10", "--batch-size", "4",
@@ -216,3 +216,6 @@ def test_resume_refuses_changed_settings(synth, tmp_path):
     with pytest.raises(UserError, match="settings differ"):
         _finetune(synth, "classification", tmp_path / "run", "--steps", "10", "--batch-size", "4",
                   "--ckpt-every-epochs", "1", "--lr", "0.5")
+    with pytest.raises(UserError, match="written with --seed 0; this job has --seed 3"):
+        _finetune(synth, "classification", tmp_path / "run", "--steps", "10", "--batch-size", "4",
+                  "--ckpt-every-epochs", "1", "--seed", "3")

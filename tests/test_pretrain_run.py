@@ -123,6 +123,7 @@ def test_pretrain_writes_outputs(inputs, tmp_path, capsys):
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["mlm_chance"] == pytest.approx(1 / inputs["vocab"]) and summary["mim_chance"] == 1 / 16
     assert 0 <= summary["mlm_acc"] <= 1 and 0 <= summary["mim_acc"] <= 1
+    assert summary["grounding"] is None  # the collection has no val split to check grounding on
     assert [s for s, _, ok in checkpointing.list_checkpoints(out) if ok] == [4]  # keep-last 1
 
     # RUN_URI/model is the backbone alone; the checkpoint keeps the heads as well.
@@ -141,6 +142,44 @@ def test_pretrain_writes_outputs(inputs, tmp_path, capsys):
     assert main(argv_for(inputs, out, "--keep-last", "1")) == 0
     assert open(os.path.join(out, "model", "model.safetensors"), "rb").read() == before
     assert [r["step"] for r in io.read_jsonl(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+def test_grounding_check_in_the_summary(inputs, tmp_path, capsys):
+    from beit3train.pretrain import main
+
+    out = str(tmp_path / "run")
+    assert main(argv_for(inputs, out, "--steps", "2", "--eval-split", "train", "--grounding-pairs", "10")) == 0
+    g = json.load(open(os.path.join(out, "summary.json")))["grounding"]
+    assert g["split"] == "train" and g["pairs"] == 10 and g["draws"] == 4
+    assert g["loss_gain"] == pytest.approx(g["mismatched_loss"] - g["matched_loss"])
+    assert g["acc_gain"] == pytest.approx(g["matched_acc"] - g["mismatched_acc"])
+    assert g["loss_gain"] != 0  # a random-init model's text outputs already depend on the image
+    assert "grounding on 10 train pairs" in capsys.readouterr().out
+
+
+def test_grounding_is_zero_for_a_model_that_ignores_the_image(inputs):
+    from beit3core.models.beit3 import Beit3Config, Beit3Model
+    from beit3core.pretrain import (Beit3ForPretraining, MaskingConfig, MixedBatches, find_stream_datasets,
+                                    load_stream, pair_grounding)
+    from beit3core.tokenizers import TextTokenizer
+
+    tok = TextTokenizer.load(inputs["T"])
+    stream = load_stream("pairs", inputs["data"], inputs["T"], inputs["V"], "train",
+                         find_stream_datasets(inputs["data"])["pairs"])
+    mixer = MixedBatches({"pairs": stream}, {"pairs": 1}, MaskingConfig(mask_id=tok.mask_id, grid=8, img_size=64),
+                         seed=0, start_step=0, total_steps=0)
+    torch.manual_seed(0)
+    backbone = Beit3Model(Beit3Config(img_size=64, patch_size=8, depth=1, embed_dim=32, num_heads=2, mlp_dim=64,
+                                      vocab_size=tok.vocab_size))
+    model = Beit3ForPretraining(backbone, tok.vocab_size, 16)
+    seen = pair_grounding(model, mixer, max_pairs=12, draws=2, batch_size=5)
+    assert seen["pairs"] == 12 and seen["matched_loss"] != seen["mismatched_loss"]
+
+    blind = backbone.forward
+    text_only = lambda image=None, **kw: blind(image=torch.zeros_like(image), **kw)  # noqa: E731
+    backbone.forward = text_only
+    result = pair_grounding(model, mixer, max_pairs=12, draws=2, batch_size=5)
+    assert result["loss_gain"] == 0 and result["acc_gain"] == 0
 
 
 def test_pretrain_user_errors(inputs, tmp_path):

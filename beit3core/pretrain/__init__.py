@@ -20,6 +20,8 @@ _LAZY = {
     "Stream": "beit3core.pretrain.data",
     "load_stream": "beit3core.pretrain.data",
     "find_stream_datasets": "beit3core.pretrain.data",
+    "pair_grounding": "beit3core.pretrain.grounding",
+    "describe_grounding": "beit3core.pretrain.grounding",
 }
 
 __all__ = sorted(_LAZY)

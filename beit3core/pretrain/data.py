@@ -198,7 +198,8 @@ class MixedBatches(IterableDataset):
         return np.array([self._permutation(name, int(p // n))[p % n] for p in pos], dtype=np.int64)
 
     # -- samples
-    def _image(self, stream: Stream, row: int) -> torch.Tensor:
+    def image(self, stream: Stream, row: int) -> torch.Tensor:
+        """Row `row` of `stream` as uint8 (3, H, W), resized as the visual tokenizer resized it."""
         from beit3core import data
         from beit3core.tokenizers.visual import image_to_uint8
 
@@ -226,29 +227,31 @@ class MixedBatches(IterableDataset):
     def batch_for_step(self, step: int) -> dict[str, dict[str, torch.Tensor]]:
         """This rank's batch for `step`: a pure function of (seed, step, rank, world size, batch sizes)."""
         batch = {}
-        m = self.masking
-        for name, stream in self.streams.items():
-            rows = self.rows(name, step)
-            rngs = [np.random.default_rng([self.seed, STREAM_IDS[name], int(p)])
-                    for p in self.positions(name, step)]
-            out: dict[str, torch.Tensor] = {}
-            if name in ("images", "pairs"):
-                out["image"] = torch.stack([self._image(stream, int(r)) for r in rows])
-                out["image_mask"] = torch.from_numpy(np.stack([self._image_mask(g) for g in rngs]))
-                out["image_labels"] = torch.from_numpy(stream.visual_ids[rows].astype(np.int64))
-            if name in ("texts", "pairs"):
-                ratio = m.text_ratio if name == "texts" else m.pair_text_ratio
-                seqs = [mask_text(self._text(stream, int(r)), ratio, m.mask_id, g) for r, g in zip(rows, rngs)]
-                length = max(len(s[0]) for s in seqs)
-                ids = np.full((len(seqs), length), 1, dtype=np.int64)  # <pad> = 1
-                labels = np.full((len(seqs), length), IGNORE, dtype=np.int64)
-                padding = np.ones((len(seqs), length), dtype=bool)
-                for j, (inp, lab) in enumerate(seqs):
-                    ids[j, :len(inp)], labels[j, :len(lab)], padding[j, :len(inp)] = inp, lab, False
-                out.update(text_ids=torch.from_numpy(ids), text_padding=torch.from_numpy(padding),
-                           text_labels=torch.from_numpy(labels))
-            batch[name] = out
+        for name in self.streams:
+            rngs = [np.random.default_rng([self.seed, STREAM_IDS[name], int(p)]) for p in self.positions(name, step)]
+            batch[name] = self.batch_of_rows(name, self.rows(name, step), rngs)
         return batch
+
+    def batch_of_rows(self, name: str, rows: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, torch.Tensor]:
+        """The masked inputs and labels of `rows` of stream `name`; row j's masks are drawn from rngs[j]."""
+        m, stream = self.masking, self.streams[name]
+        out: dict[str, torch.Tensor] = {}
+        if name in ("images", "pairs"):
+            out["image"] = torch.stack([self.image(stream, int(r)) for r in rows])
+            out["image_mask"] = torch.from_numpy(np.stack([self._image_mask(g) for g in rngs]))
+            out["image_labels"] = torch.from_numpy(stream.visual_ids[rows].astype(np.int64))
+        if name in ("texts", "pairs"):
+            ratio = m.text_ratio if name == "texts" else m.pair_text_ratio
+            seqs = [mask_text(self._text(stream, int(r)), ratio, m.mask_id, g) for r, g in zip(rows, rngs)]
+            length = max(len(s[0]) for s in seqs)
+            ids = np.full((len(seqs), length), 1, dtype=np.int64)  # <pad> = 1
+            labels = np.full((len(seqs), length), IGNORE, dtype=np.int64)
+            padding = np.ones((len(seqs), length), dtype=bool)
+            for j, (inp, lab) in enumerate(seqs):
+                ids[j, :len(inp)], labels[j, :len(lab)], padding[j, :len(inp)] = inp, lab, False
+            out.update(text_ids=torch.from_numpy(ids), text_padding=torch.from_numpy(padding),
+                       text_labels=torch.from_numpy(labels))
+        return out
 
     def __iter__(self):
         info = get_worker_info()

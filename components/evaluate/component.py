@@ -28,6 +28,6 @@ def evaluate(
             "--data", io.join(validated.uri, task.get("data", f"tasks/{name}")),
             "--text-tokenizer", text_tokens.uri, "--out", out, *task.get("eval_args", [])]
     kfp_io.run_stage(stage.main, argv)
-    kfp_io.log_metrics(metrics, io.read_json(io.join(out, "metrics.json")), exclude=("settings",))
+    kfp_io.log_metrics_file(metrics, io.join(out, "metrics.json"), exclude=("settings",))
     kfp_io.publish_html(io.join(out, "report.html"), report, output_root)
     evaluation.metadata["task"] = name

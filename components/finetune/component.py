@@ -30,7 +30,7 @@ def finetune(
     argv = ["--task", name, "--data", io.join(validated.uri, task.get("data", f"tasks/{name}")),
             "--text-tokenizer", text_tokens.uri, "--init", init, "--out", out, *task.get("args", [])]
     kfp_io.run_stage(stage.main, argv)
-    kfp_io.log_metrics(metrics, io.read_json(io.join(out, "metrics.json")), exclude=("settings",))
+    kfp_io.log_metrics_file(metrics, io.join(out, "metrics.json"), exclude=("settings",))
     if io.exists(io.join(out, "report.html")):
         kfp_io.publish_html(io.join(out, "report.html"), report, output_root)
     model.metadata.update({"task": name, "init": init, "framework": "pytorch"})

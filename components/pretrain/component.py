@@ -55,8 +55,6 @@ def pretrain(
         owner_pod=launcher.pod_owner(),  # POD_NAME / POD_UID from the downward API (pipelines/full.py)
     )
     launcher.launch(cfg, backend, timeout_s=timeout_s)
-    summary = io.join(run_uri, "summary.json")
-    if io.exists(summary):
-        kfp_io.log_metrics(metrics, io.read_json(summary))
+    kfp_io.log_metrics_file(metrics, io.join(run_uri, "summary.json"), required=False)
     model.metadata.update({"model_name": model_name, "layout": layout, "steps": steps, "backend": backend,
                            "framework": "pytorch"})

@@ -29,7 +29,5 @@ def tokenize_text(
     if import_model:
         argv += ["--import-model", import_model]
     kfp_io.run_stage(cli.main, argv + list(extra_args))
-    summary = io.join(out, "summary.json")
-    if io.exists(summary):
-        kfp_io.log_metrics(metrics, io.read_json(summary))
+    kfp_io.log_metrics_file(metrics, io.join(out, "summary.json"), required=False)
     text_tokens.metadata.update({"vocab_size": vocab_size, "max_len": max_len, "import_model": import_model})

@@ -32,7 +32,5 @@ def tokenize_visual(
     if import_checkpoint:
         argv += ["--import-checkpoint", import_checkpoint]
     kfp_io.run_stage(cli.main, argv + list(extra_args))
-    summary = io.join(out, "summary.json")
-    if io.exists(summary):
-        kfp_io.log_metrics(metrics, io.read_json(summary))
+    kfp_io.log_metrics_file(metrics, io.join(out, "summary.json"), required=False)
     visual_tokens.metadata.update({"codebook_size": codebook_size, "img_size": img_size, "patch_size": patch_size})
