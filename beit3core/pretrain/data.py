@@ -233,25 +233,35 @@ class MixedBatches(IterableDataset):
         return batch
 
     def batch_of_rows(self, name: str, rows: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, torch.Tensor]:
-        """The masked inputs and labels of `rows` of stream `name`; row j's masks are drawn from rngs[j]."""
-        m, stream = self.masking, self.streams[name]
+        """The masked inputs and labels of `rows` of stream `name`; row j's masks are drawn from rngs[j]
+        (its image mask first, then its text mask)."""
         out: dict[str, torch.Tensor] = {}
         if name in ("images", "pairs"):
-            out["image"] = torch.stack([self.image(stream, int(r)) for r in rows])
-            out["image_mask"] = torch.from_numpy(np.stack([self._image_mask(g) for g in rngs]))
-            out["image_labels"] = torch.from_numpy(stream.visual_ids[rows].astype(np.int64))
+            out.update(self.image_inputs(name, rows, rngs))
         if name in ("texts", "pairs"):
-            ratio = m.text_ratio if name == "texts" else m.pair_text_ratio
-            seqs = [mask_text(self._text(stream, int(r)), ratio, m.mask_id, g) for r, g in zip(rows, rngs)]
-            length = max(len(s[0]) for s in seqs)
-            ids = np.full((len(seqs), length), 1, dtype=np.int64)  # <pad> = 1
-            labels = np.full((len(seqs), length), IGNORE, dtype=np.int64)
-            padding = np.ones((len(seqs), length), dtype=bool)
-            for j, (inp, lab) in enumerate(seqs):
-                ids[j, :len(inp)], labels[j, :len(lab)], padding[j, :len(inp)] = inp, lab, False
-            out.update(text_ids=torch.from_numpy(ids), text_padding=torch.from_numpy(padding),
-                       text_labels=torch.from_numpy(labels))
+            out.update(self.text_inputs(name, rows, rngs))
         return out
+
+    def image_inputs(self, name: str, rows: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, torch.Tensor]:
+        """image (uint8), block-wise image_mask and visual-token image_labels of `rows`."""
+        stream = self.streams[name]
+        return {"image": torch.stack([self.image(stream, int(r)) for r in rows]),
+                "image_mask": torch.from_numpy(np.stack([self._image_mask(g) for g in rngs])),
+                "image_labels": torch.from_numpy(stream.visual_ids[rows].astype(np.int64))}
+
+    def text_inputs(self, name: str, rows: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, torch.Tensor]:
+        """Masked, padded text_ids, text_padding (True = pad) and text_labels of `rows`, at the stream's ratio."""
+        m, stream = self.masking, self.streams[name]
+        ratio = m.text_ratio if name == "texts" else m.pair_text_ratio
+        seqs = [mask_text(self._text(stream, int(r)), ratio, m.mask_id, g) for r, g in zip(rows, rngs)]
+        length = max(len(s[0]) for s in seqs)
+        ids = np.full((len(seqs), length), 1, dtype=np.int64)  # <pad> = 1
+        labels = np.full((len(seqs), length), IGNORE, dtype=np.int64)
+        padding = np.ones((len(seqs), length), dtype=bool)
+        for j, (inp, lab) in enumerate(seqs):
+            ids[j, :len(inp)], labels[j, :len(lab)], padding[j, :len(inp)] = inp, lab, False
+        return {"text_ids": torch.from_numpy(ids), "text_padding": torch.from_numpy(padding),
+                "text_labels": torch.from_numpy(labels)}
 
     def __iter__(self):
         info = get_worker_info()

@@ -31,14 +31,14 @@ def pair_grounding(model: Beit3ForPretraining, pairs: MixedBatches, *, max_pairs
         raise ValueError(f"pair grounding needs at least 2 pairs, got {n}")
     was_training = model.training
     model.eval()
+    images = torch.stack([pairs.image(stream, r) for r in range(n)])  # read once, used 2 x draws times
     sums = np.zeros((2, 3))  # [matched, mismatched] x [loss * predicted, correct, predicted]
     for start in range(0, n * draws, batch_size):
         slots = np.arange(start, min(start + batch_size, n * draws))
         rows = slots % n
         rngs = [np.random.default_rng([seed, _RNG_STREAM, int(s)]) for s in slots]
-        batch = pairs.batch_of_rows("pairs", rows, rngs)
-        other = torch.stack([pairs.image(stream, int(r)) for r in (rows + 1) % n])
-        for k, image in enumerate((batch["image"], other)):
+        batch = pairs.text_inputs("pairs", rows, rngs)
+        for k, image in enumerate((images[rows], images[(rows + 1) % n])):
             out = model.backbone(image=normalize_image(image).to(device), text_ids=batch["text_ids"].to(device),
                                  text_padding_mask=batch["text_padding"].to(device))
             loss, correct, total = masked_prediction(model.mlm_head, out.hidden[:, out.split:],
