@@ -12,10 +12,10 @@ from beit3core._lazy import lazy_getattr
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "beit3core.models",
+    "create_model": "beit3core.factory",
     "list_models": "beit3core.models",
     "Beit3Config": "beit3core.models",
-    "count_parameters": "beit3core.models",
+    "count_parameters": "beit3core.models.counting",
     "convert_unilm_state_dict": "beit3core.checkpoint",
     "load_pretrained": "beit3core.checkpoint",
     "save_model": "beit3core.checkpoint",

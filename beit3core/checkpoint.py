@@ -15,11 +15,14 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from beit3core import io
 from beit3core.errors import UserError
 from beit3core.layers.pos_embed import resample_abs_pos_embed
+from beit3core.models.beit3 import Beit3Config, Beit3Model
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,6 @@ class LoadReport:
 
 
 def _backbone_of(model: nn.Module):
-    from beit3core.models.beit3 import Beit3Model
-
     if isinstance(model, Beit3Model):
         return model, ""
     backbone = getattr(model, "backbone", None)
@@ -130,8 +131,6 @@ def _backbone_of(model: nn.Module):
 def _read_state_dict(uri: str) -> dict[str, torch.Tensor]:
     uri = str(uri)
     if io.isdir(uri) or uri.endswith(WEIGHTS_NAME):
-        from safetensors.torch import load as load_safetensors
-
         weights = io.join(uri, WEIGHTS_NAME) if io.isdir(uri) else uri
         return load_safetensors(io.read_bytes(weights))
     with io.local_path(uri) as path:
@@ -202,10 +201,6 @@ def load_pretrained(model: nn.Module, uri: str, *, strict: bool = False) -> Load
 
 def save_model(model: nn.Module, uri: str) -> None:
     """Write `uri/model.safetensors` then `uri/config.json` (each atomic; config.json last marks it complete)."""
-    from safetensors.torch import save as save_safetensors
-
-    from beit3core.models.beit3 import Beit3Config
-
     config = getattr(model, "config", None)
     if not isinstance(config, Beit3Config):
         raise TypeError(f"save_model: {type(model).__name__} has no Beit3Config at .config")
@@ -216,8 +211,6 @@ def save_model(model: nn.Module, uri: str) -> None:
 
 def load_model(uri: str, **overrides) -> nn.Module:
     """Rebuild a Beit3Model from `uri/config.json` and load `uri/model.safetensors` strictly."""
-    from beit3core.models.beit3 import Beit3Config, Beit3Model
-
     meta = io.read_json(io.join(uri, CONFIG_NAME))
     if meta.get("architecture") != "Beit3Model" or not isinstance(meta.get("config"), dict):
         raise UserError(f"{io.join(uri, CONFIG_NAME)}: field 'architecture': expected 'Beit3Model'")

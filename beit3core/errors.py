@@ -5,6 +5,9 @@ it as `error: <message>` and exits with status 2; anything else is a bug and kee
 """
 
 import argparse
+import logging
+import os
+import sys
 
 
 class UserError(Exception):
@@ -22,3 +25,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
+
+
+def run_main(main, argv: list[str] | None) -> int:
+    """Run a stage's `main(argv)`: a UserError becomes one line `error: ...` on stderr and exit status 2, never
+    a traceback. The `beit3` command and every `python -m` entrypoint go through here."""
+    logging.basicConfig(level=os.environ.get("BEIT3_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(main(argv) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -8,11 +8,9 @@ the DVC stage and the Kubeflow component all run the same code. Modules load onl
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 import sys
 
-from beit3core.errors import UserError
+from beit3core.errors import UserError, run_main
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("beit3ops.store", "start/stop the local S3 store (SeaweedFS on 127.0.0.1)"),
@@ -34,20 +32,6 @@ def usage() -> str:
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`beit3 COMMAND --help` describes a command."]
     return "\n".join(lines)
-
-
-def run_main(main, argv: list[str] | None) -> int:
-    """Run a stage's main: a UserError becomes one line on stderr and exit status 2, never a traceback."""
-    logging.basicConfig(level=os.environ.get("BEIT3_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(main(argv) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return UserError.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -702,6 +702,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beit3ops.cli import run_main
+    from beit3core.errors import run_main
 
     sys.exit(run_main(main, None))

@@ -222,7 +222,7 @@ def parse_model_overrides(pairs) -> dict:
 
 def build_model(cfg: PretrainConfig, vocab_size: int, visual: dict):
     from beit3core.errors import UserError
-    from beit3core.models import create_model
+    from beit3core.factory import create_model
     from beit3core.pretrain import Beit3ForPretraining
 
     overrides = {**parse_model_overrides(cfg.model_overrides), "vocab_size": vocab_size,
@@ -533,6 +533,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beit3ops.cli import run_main
+    from beit3core.errors import run_main
 
     sys.exit(run_main(main, None))

@@ -87,7 +87,7 @@ class TorchscaleWrapper(nn.Module):
 
 class Beit3coreWrapper(nn.Module):
     def __init__(self, depth, dim, heads, img_size, drop_path):
-        from beit3core.models import create_model
+        from beit3core.factory import create_model
 
         super().__init__()
         self.model = create_model("beit3_base_patch16_224", depth=depth, embed_dim=dim, num_heads=heads,

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beit3core.models import create_model  # noqa: E402
+from beit3core.factory import create_model  # noqa: E402
 from beit3core.pretrain import Beit3ForPretraining  # noqa: E402
-from beit3core.pretrain.masking import mask_text  # noqa: E402
+from beit3core.pretrain.text_masking import mask_text  # noqa: E402
 from beit3core.tokenizers import BlockMaskGenerator  # noqa: E402
 from beit3train.optim import build_optimizer, build_param_groups  # noqa: E402
 
@@ -43,7 +43,7 @@ def make_batch(b: int, grid: int, img: int, device, seed: int = 0) -> dict:
         ids = np.concatenate([np.zeros((b, 1)), rng.integers(4, VOCAB - 1, (b, TEXT_LEN - 2)), np.full((b, 1), 2)], 1)
         pairs = [mask_text(row, ratio, VOCAB - 1, rng) for row in ids.astype(np.int64)]
         return {"text_ids": torch.tensor(np.stack([p[0] for p in pairs])),
-                "text_padding": torch.zeros(b, TEXT_LEN, dtype=torch.bool),
+                "text_padding_mask": torch.zeros(b, TEXT_LEN, dtype=torch.bool),
                 "text_labels": torch.tensor(np.stack([p[1] for p in pairs]))}
 
     def images():

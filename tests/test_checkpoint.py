@@ -10,7 +10,7 @@ from beit3core.checkpoint import (
     convert_unilm_state_dict, load_model, load_pretrained, save_model, unwrap_state_dict,
 )
 from beit3core.errors import UserError
-from beit3core.models import create_model
+from beit3core.factory import create_model
 from released_layout import released_backbone
 
 D, FFN, DEPTH, VOCAB, GRID = 32, 64, 2, 50, 4  # img 32, patch 8

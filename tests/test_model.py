@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from beit3core.errors import UserError
 from beit3core.layers import set_fused_attn, use_fused_attn
-from beit3core.models import Beit3Config, Beit3KVCache, count_parameters, create_model, list_models
+from beit3core.factory import create_model
+from beit3core.models import Beit3Config, Beit3KVCache, list_models
+from beit3core.models.counting import count_parameters
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=4, mlp_dim=128, img_size=32, patch_size=8, vocab_size=100)
 

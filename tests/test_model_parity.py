@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from beit3core.checkpoint import convert_unilm_state_dict, fit_state_dict, load_pretrained
-from beit3core.models import create_model
+from beit3core.factory import create_model
 
 torchscale = pytest.importorskip("torchscale")
 pytest.importorskip("fairscale")

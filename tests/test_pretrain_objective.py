@@ -55,7 +55,7 @@ def test_mask_text_80_10_10_and_determinism():
 
 
 def _tiny_model(vocab=60, codebook=16):
-    from beit3core.models import create_model
+    from beit3core.factory import create_model
 
     torch.manual_seed(0)
     backbone = create_model("beit3_tiny_patch8_64", depth=2, embed_dim=32, num_heads=2, mlp_dim=64, vocab_size=vocab)
@@ -78,9 +78,9 @@ def _batch(b=3, length=9, vocab=60, codebook=16, seed=0):
     vis = torch.randint(0, codebook, (b, 64), generator=g)
     return {
         "images": {"image": image, "image_mask": mask, "image_labels": vis},
-        "texts": {"text_ids": inputs, "text_padding": padding, "text_labels": labels},
+        "texts": {"text_ids": inputs, "text_padding_mask": padding, "text_labels": labels},
         "pairs": {"image": image, "image_mask": mask, "image_labels": vis, "text_ids": inputs,
-                  "text_padding": padding, "text_labels": labels},
+                  "text_padding_mask": padding, "text_labels": labels},
     }
 
 
@@ -154,7 +154,7 @@ def test_mixer_order_epochs_ranks_and_truncation():
     assert not np.array_equal(mix._permutation("texts", 0), mix._permutation("texts", 1))
     b = mix.batch_for_step(3)["texts"]
     assert b["text_ids"].shape[1] <= 6  # max_text_len, </s> kept
-    lengths = (~b["text_padding"]).sum(1)
+    lengths = (~b["text_padding_mask"]).sum(1)
     for j in range(4):
         assert b["text_ids"][j, lengths[j] - 1] == 2 and b["text_ids"][j, 0] == 0
     assert ((b["text_labels"] != IGNORE).sum(1) >= 1).all()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from beit3core.checkpoint import load_pretrained
-from beit3core.models import create_model
+from beit3core.factory import create_model
 from beit3core.tasks import build_task_model
 from released_layout import released_backbone
 

@@ -320,7 +320,7 @@ def test_beam_search_passes_origin_rows():
 
 def test_caption_generation_kv_cache_matches_full_recompute():
     """The cached decoder ([prev, <mask>] against the cache) picks the same tokens as recomputing everything."""
-    from beit3core.models import create_model
+    from beit3core.factory import create_model
     from beit3core.tasks.captioning import generate
 
     torch.manual_seed(0)

@@ -1,4 +1,8 @@
-"""The BEiT-3 model family: config, model, registry, parameter counts."""
+"""The BEiT-3 model family: config and model (beit3.py), size table (configs.py), name registry (registry.py).
+
+`create_model` lives one level up in `beit3core.factory` (it also loads checkpoints) and parameter counting
+in `beit3core.models.counting`; both are re-exported by `beit3core`.
+"""
 
 from beit3core.models.beit3 import (
     Beit3Config,
@@ -8,11 +12,10 @@ from beit3core.models.beit3 import (
     Block,
     ConfigError,
     UnknownConfigField,
-    count_parameters,
 )
-from beit3core.models.registry import create_model, is_model, list_models, register_model
+from beit3core.models.registry import get_builder, is_model, list_models, register_model
 
 __all__ = [
     "Beit3Config", "Beit3KVCache", "Beit3Model", "Beit3Output", "Block", "ConfigError", "UnknownConfigField",
-    "count_parameters", "create_model", "is_model", "list_models", "register_model",
+    "get_builder", "is_model", "list_models", "register_model",
 ]

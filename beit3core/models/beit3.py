@@ -1,7 +1,7 @@
 """BEiT-3: the Multiway Transformer of "Image as a Foreign Language" (Wang et al., arXiv 2208.10442).
 
 All of the model family is in this file, in reading order: config -> block -> KV cache -> model ->
-parameter counts -> registered variants. The reusable pieces live in `beit3core.layers`.
+registered variants (sizes in configs.py). Parameter counts are in `counting.py`. The reusable pieces live in `beit3core.layers`.
 
 Two layouts share one code path (`Beit3Config.layout`):
 - "unilm": the released microsoft/unilm `beit3/` + torchscale model. Every projection and LayerNorm has a
@@ -356,9 +356,9 @@ class Beit3Model(nn.Module):
         )
 
     @staticmethod
-    def _key_padding(batch, nv, nt, text_padding, past, device) -> torch.Tensor | None:
+    def _key_padding(batch, nv, nt, text_padding_mask, past, device) -> torch.Tensor | None:
         """(B, keys) True = padded key, over [past ‖ vision ‖ text]; None when nothing is padded."""
-        if text_padding is None and (past is None or past.padding is None):
+        if text_padding_mask is None and (past is None or past.padding is None):
             return None
         parts = []
         if past is not None:
@@ -367,7 +367,7 @@ class Beit3Model(nn.Module):
         if nv:
             parts.append(torch.zeros(batch, nv, dtype=torch.bool, device=device))
         if nt:
-            parts.append(text_padding if text_padding is not None
+            parts.append(text_padding_mask if text_padding_mask is not None
                          else torch.zeros(batch, nt, dtype=torch.bool, device=device))
         return torch.cat(parts, dim=1)
 
@@ -388,47 +388,6 @@ class Beit3Model(nn.Module):
             # A query with no visible key (an all-padding row) would give NaN; let it see everything.
             allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
         return allowed
-
-
-# -- parameter counts -------------------------------------------------------------------------------------
-PARTS = ("vision_ffn", "language_ffn", "vl_ffn", "attention", "embeddings", "norms", "other", "total")
-
-
-def count_parameters(model_or_name: nn.Module | str, **overrides) -> dict[str, int]:
-    """Parameters by part. A name is built on the meta device, so even giant allocates no weights.
-
-    LayerNorms (pre-LN, sub-LN, final) are counted under `norms`, so the FFN and attention figures are the
-    projection weights and biases, as the paper counts them.
-    """
-    model = create_model_meta(model_or_name, **overrides) if isinstance(model_or_name, str) else model_or_name
-    counts = dict.fromkeys(PARTS, 0)
-    for mod_name, module in model.named_modules():
-        for p_name, p in module.named_parameters(recurse=False):
-            name = (f"{mod_name}.{p_name}" if mod_name else p_name).removeprefix("backbone.")
-            if isinstance(module, nn.LayerNorm):
-                part = "norms"
-            elif ".mlp.vision." in name:
-                part = "vision_ffn"
-            elif ".mlp.text." in name:
-                part = "language_ffn"
-            elif ".vl_mlp." in name:
-                part = "vl_ffn"
-            elif ".attn." in name:
-                part = "attention"
-            elif name.split(".")[0] in ("patch_embed", "cls_token", "mask_token", "text_embed",
-                                        "vision_pos_embed", "text_pos_embed"):
-                part = "embeddings"
-            else:
-                part = "other"
-            counts[part] += p.numel()
-            counts["total"] += p.numel()
-    return counts
-
-
-def create_model_meta(name: str, **overrides) -> nn.Module:
-    from beit3core.models.registry import create_model
-
-    return create_model(name, device="meta", **overrides)
 
 
 # -- registered variants (sizes in configs.py) ------------------------------------------------------------

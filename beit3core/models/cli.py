@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=["paper", "unilm"], help="count with this layout instead of the default")
     args = parser.parse_args(argv)
 
-    from beit3core.models import count_parameters, create_model, list_models
+    from beit3core import count_parameters, create_model, list_models
 
     names = sorted({n for pattern in (args.names or ["*"]) for n in list_models(pattern)})
     if not names:
@@ -33,6 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from beit3ops.cli import run_main
+    from beit3core.errors import run_main
 
     sys.exit(run_main(main, sys.argv[1:]))

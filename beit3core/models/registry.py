@@ -1,4 +1,7 @@
-"""Model registry: names -> builder functions (`create_model`, `list_models`, `register_model`)."""
+"""Model registry: names -> builder functions (`register_model`, `list_models`, `get_builder`).
+
+Building a model, with or without pretrained weights, is `beit3core.factory.create_model`: the registry knows
+nothing of checkpoints, so neither imports the other."""
 
 from __future__ import annotations
 
@@ -36,24 +39,9 @@ def is_model(name: str) -> bool:
     return name in _REGISTRY
 
 
-def create_model(name: str, *, pretrained: str | None = None, device=None, **overrides):
-    """Build a registered model; `overrides` replace config fields (unknown or inconsistent ones raise).
-
-    `pretrained` is a checkpoint URI (official .pth or a native safetensors folder) loaded non-strictly;
-    `device="meta"` builds the model without allocating its weights (for counting).
-    """
+def get_builder(name: str) -> Callable[..., Any]:
+    """The builder registered under `name`; an unknown name is a UserError listing the close ones."""
     if name not in _REGISTRY:
         close = [n for n in _REGISTRY if n.split("_")[:2] == name.split("_")[:2]] or list_models()
         raise UserError(f"model {name!r}: unknown; registered: {', '.join(close)}")
-    if device is not None:
-        import torch
-
-        with torch.device(device):
-            model = _REGISTRY[name](**overrides)
-    else:
-        model = _REGISTRY[name](**overrides)
-    if pretrained:
-        from beit3core.checkpoint import load_pretrained
-
-        load_pretrained(model, pretrained)
-    return model
+    return _REGISTRY[name]

@@ -30,7 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from beit3core import io
 from beit3core.errors import UserError
-from beit3core.pretrain.masking import IGNORE, mask_text
+from beit3core.pretrain.text_masking import IGNORE, mask_text
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class MixedBatches(IterableDataset):
                 "image_labels": torch.from_numpy(stream.visual_ids[rows].astype(np.int64))}
 
     def text_inputs(self, name: str, rows: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, torch.Tensor]:
-        """Masked, padded text_ids, text_padding (True = pad) and text_labels of `rows`, at the stream's ratio."""
+        """Masked, padded text_ids, text_padding_mask (True = pad) and text_labels of `rows`, at the stream's ratio."""
         m, stream = self.masking, self.streams[name]
         ratio = m.text_ratio if name == "texts" else m.pair_text_ratio
         seqs = [mask_text(self._text(stream, int(r)), ratio, m.mask_id, g) for r, g in zip(rows, rngs)]
@@ -260,7 +260,7 @@ class MixedBatches(IterableDataset):
         padding = np.ones((len(seqs), length), dtype=bool)
         for j, (inp, lab) in enumerate(seqs):
             ids[j, :len(inp)], labels[j, :len(lab)], padding[j, :len(inp)] = inp, lab, False
-        return {"text_ids": torch.from_numpy(ids), "text_padding": torch.from_numpy(padding),
+        return {"text_ids": torch.from_numpy(ids), "text_padding_mask": torch.from_numpy(padding),
                 "text_labels": torch.from_numpy(labels)}
 
     def __iter__(self):

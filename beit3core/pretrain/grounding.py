@@ -40,7 +40,7 @@ def pair_grounding(model: Beit3ForPretraining, pairs: MixedBatches, *, max_pairs
         batch = pairs.text_inputs("pairs", rows, rngs)
         for k, image in enumerate((images[rows], images[(rows + 1) % n])):
             out = model.backbone(image=normalize_image(image).to(device), text_ids=batch["text_ids"].to(device),
-                                 text_padding_mask=batch["text_padding"].to(device))
+                                 text_padding_mask=batch["text_padding_mask"].to(device))
             loss, correct, total = masked_prediction(model.mlm_head, out.hidden[:, out.split:],
                                                      batch["text_labels"].to(device))
             sums[k] += (float(loss) * float(total), float(correct), float(total))

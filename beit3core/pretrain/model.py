@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.pretrain.masking import IGNORE
+from beit3core.pretrain.text_masking import IGNORE
 
 STREAMS = ("images", "texts", "pairs")
 
@@ -84,7 +84,7 @@ class Beit3ForPretraining(nn.Module):
         parts[name] = masked_prediction(self.mim_head, hidden[:, 1:], patch_labels)
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> PretrainOutput:
-        """batch: {"images": {image, image_mask, image_labels}, "texts": {text_ids, text_padding,
+        """batch: {"images": {image, image_mask, image_labels}, "texts": {text_ids, text_padding_mask,
         text_labels}, "pairs": {all six}}; streams may be missing or empty."""
         parts: dict[str, tuple] = {}
         b = batch.get("images")
@@ -93,12 +93,12 @@ class Beit3ForPretraining(nn.Module):
             self._mim(out.hidden, b["image_labels"], b["image_mask"], "image_mim", parts)
         b = batch.get("texts")
         if b and b["text_ids"].shape[0]:
-            out = self.backbone(text_ids=b["text_ids"], text_padding_mask=b["text_padding"])
+            out = self.backbone(text_ids=b["text_ids"], text_padding_mask=b["text_padding_mask"])
             parts["text_mlm"] = masked_prediction(self.mlm_head, out.hidden, b["text_labels"])
         b = batch.get("pairs")
         if b and b["image"].shape[0]:
             out = self.backbone(image=normalize_image(b["image"]), image_mask=b["image_mask"],
-                                text_ids=b["text_ids"], text_padding_mask=b["text_padding"])
+                                text_ids=b["text_ids"], text_padding_mask=b["text_padding_mask"])
             self._mim(out.hidden[:, :out.split], b["image_labels"], b["image_mask"], "pair_mim", parts)
             parts["pair_mlm"] = masked_prediction(self.mlm_head, out.hidden[:, out.split:], b["text_labels"])
         if not parts:

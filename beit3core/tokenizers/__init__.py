@@ -11,7 +11,7 @@ from beit3core._lazy import lazy_getattr
 _LAZY = {
     "TextTokenizer": "beit3core.tokenizers.text",
     "encode_corpus": "beit3core.tokenizers.text",
-    "BlockMaskGenerator": "beit3core.tokenizers.masking",
+    "BlockMaskGenerator": "beit3core.tokenizers.block_masking",
     "VisualTokenizer": "beit3core.tokenizers.visual",
     "VQKD": "beit3core.tokenizers.vqkd",
     "VQKDConfig": "beit3core.tokenizers.vqkd",

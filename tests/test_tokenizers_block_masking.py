@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from beit3core.errors import UserError
-from beit3core.tokenizers.masking import BlockMaskGenerator
+from beit3core.tokenizers.block_masking import BlockMaskGenerator
 
 
 @pytest.mark.parametrize(
