@@ -31,7 +31,8 @@ WORKDIR /opt/beit3
 # Dependencies first, in their own layer: the project's requirements resolved against the lock file.
 COPY pyproject.toml constraints.txt ./
 RUN pip install --upgrade pip \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+ && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [d for x in ('data', 'train', 'ops') for d in p['optional-dependencies'][x]]))" \
       > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt \
  && pip check
@@ -39,7 +40,7 @@ RUN pip install --upgrade pip \
 # The project itself (no dependency changes: --no-deps).
 COPY . .
 RUN pip install --no-deps -e . \
- && python -c "import beit3core, beit3train, beit3ops.launcher, components, kfp, torch; print('torch', torch.__version__)"
+ && python -c "import beit3core, beit3train, beit3ops.launch, components, kfp, torch; print('torch', torch.__version__)"
 ENV PYTHONPATH=/opt/beit3
 
 # The KFP launcher maps artifact URIs to local folders (s3:// -> /s3/..., minio:// -> /minio/..., gs:// -> /gcs/...)

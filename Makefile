@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,dev]' --config-settings editable_mode=compat
 	# Test-only numerical reference (its timm pin is stale, hence --no-deps).
 	$(BIN)/pip install --quiet --no-deps torchscale==0.3.0 fairscale==0.4.0
 	touch $(STAMP)

@@ -61,12 +61,14 @@ def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint: expected a dict of tensors, got {type(obj).__name__}")
-    out = {}
-    for key, value in obj.items():
-        while key.startswith(("module.", "_orig_mod.")):  # DDP / torch.compile wrappers, in either order
-            key = key.split(".", 1)[1]
-        out[key.replace("._orig_mod.", ".")] = value
-    return out
+    return {strip_wrapper_prefixes(key): value for key, value in obj.items()}
+
+
+def strip_wrapper_prefixes(name: str) -> str:
+    """A parameter name without the DDP (`module.`) and torch.compile (`_orig_mod.`) wrapper prefixes."""
+    while name.startswith(("module.", "_orig_mod.")):  # in either order, nested
+        name = name.split(".", 1)[1]
+    return name.replace("._orig_mod.", ".")  # a compiled submodule
 
 
 def is_unilm_state_dict(sd: dict) -> bool:
@@ -221,5 +223,5 @@ def load_model(uri: str, **overrides) -> nn.Module:
 
 __all__ = [
     "LoadReport", "convert_unilm_state_dict", "fit_state_dict", "is_unilm_state_dict", "load_model",
-    "load_pretrained", "save_model", "unwrap_state_dict",
+    "load_pretrained", "save_model", "strip_wrapper_prefixes", "unwrap_state_dict",
 ]

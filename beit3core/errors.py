@@ -21,7 +21,11 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes are UserErrors: one line naming the argument, exit status 2."""
+    """argparse whose mistakes are UserErrors: one line naming the argument, exit status 2. Abbreviated flags are
+    refused, so a renamed flag (`--model` -> `--model-dir`) fails loudly instead of matching its successor."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")

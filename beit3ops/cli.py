@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from beit3core.errors import UserError, run_main
+from beit3core import __version__
+from beit3core.errors import run_main
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("beit3ops.store", "start/stop the local S3 store (SeaweedFS on 127.0.0.1)"),
@@ -19,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("beit3train.pretrain", "masked data modeling over images, texts and image-text pairs"),
     "finetune": ("beit3train.finetune", "fine-tune on one downstream task"),
     "evaluate": ("beit3train.evaluate", "evaluate a fine-tuned model and write its report"),
-    "register": ("beit3ops.registry", "record an evaluated model in a model registry"),
-    "launch": ("beit3ops.launcher", "run a training stage as a PyTorchJob, a TrainJob or local torchrun"),
+    "register": ("beit3ops.model_registry", "record an evaluated model in a model registry"),
+    "launch": ("beit3ops.launch.cli", "run a training stage as a PyTorchJob, a TrainJob or local torchrun"),
     "models": ("beit3core.models.cli", "list the registered model configs and their parameter counts"),
 }
 
@@ -41,8 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name == "--version":
-        from beit3core import __version__
-
         print(f"beit3 {__version__}")
         return 0
     if name not in COMMANDS:

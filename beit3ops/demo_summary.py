@@ -10,13 +10,13 @@ import os
 import sys
 
 from beit3core import io
-from beit3core.errors import ArgumentParser, UserError
+from beit3core.errors import ArgumentParser, UserError, run_main
+from beit3core.pretrain.grounding import describe_grounding
+from beit3core.tasks.report import write_comparison
 
 
 def compare(artifacts: str, out: str) -> dict:
     """Every task fine-tuned from random init too is compared with its run from the pretrained model."""
-    from beit3core.tasks.report import write_comparison
-
     random_root = io.join(artifacts, "finetune_random")
     tasks = [os.path.basename(u) for u in io.ls(random_root)]
     if not tasks:
@@ -34,8 +34,6 @@ def show(artifacts: str) -> str:
         lines.append("pretraining: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in sorted(s.items()) if not isinstance(v, (dict, list))))
         if s.get("grounding"):
-            from beit3core.pretrain import describe_grounding
-
             lines.append("  " + describe_grounding(s["grounding"]))
     eval_root = io.join(artifacts, "eval")
     if io.exists(eval_root):
@@ -68,6 +66,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beit3core.errors import run_main
-
     sys.exit(run_main(main, None))

@@ -17,6 +17,9 @@ import functools
 import logging
 from pathlib import Path
 
+import jsonschema
+import yaml
+
 from beit3core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,8 +71,6 @@ def _strictify_in_place(node) -> None:
 
 def load_crd(file_name: str, crd_dir: Path | str | None = None) -> dict:
     """The parsed CRD document `file_name` from `crd_dir` (default: the vendored copy)."""
-    import yaml
-
     path = Path(crd_dir or CRD_DIR) / file_name
     if not path.is_file():
         raise UserError(f"{path}: CRD schema file not found")
@@ -88,8 +89,6 @@ def crd_schema(crd: dict, version: str) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _validator(api_version: str, kind: str, crd_dir: str | None):
-    import jsonschema
-
     file_name, version = KNOWN_KINDS[(api_version, kind)]
     schema = strictify(crd_schema(load_crd(file_name, crd_dir), version))
     return jsonschema.Draft7Validator(schema)

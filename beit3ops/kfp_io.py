@@ -18,6 +18,7 @@ import re
 import tempfile
 
 from beit3core import io
+from beit3core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,6 @@ def publish_html(src_uri: str, html_artifact, output_root: str = "") -> str:
 def resolve_dataset(dataset_uri: str, dvc_repo: str, dvc_rev: str, dvc_path: str, workdir: str) -> tuple[str, dict]:
     """The dataset to read (a URI) and its lineage: either `dataset_uri` as it is, or `dvc_path` fetched at
     `dvc_rev` from the DVC repository `dvc_repo` (git URL or path) into `workdir`."""
-    from beit3core.errors import UserError
-
     if bool(dataset_uri) == bool(dvc_repo):
         raise UserError("give exactly one of dataset_uri (s3:// or a path) and dvc_repo (+ dvc_rev, dvc_path)")
     if dataset_uri:

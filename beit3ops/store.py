@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import boto3
+
 from beit3core.errors import ArgumentParser, UserError
 
 DEFAULT_DIR = ".store"
@@ -113,8 +115,6 @@ def _credentials(data_dir: str) -> tuple[str, str]:
 
 
 def ensure_bucket(info: StoreInfo, bucket: str) -> None:
-    import boto3
-
     client = boto3.client(
         "s3",
         endpoint_url=info.endpoint,

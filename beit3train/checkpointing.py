@@ -12,29 +12,42 @@ and broadcasts its choice (ranks can see different listings on a shared filesyst
 load). Files load with `torch.load(weights_only=True)`, so the dict holds only tensors, numbers, strings,
 lists, tuples, dicts and None: RNG states are converted accordingly.
 
-The checkpoint dict the trainers write: {"model", "optimizer", "scheduler", "step", "samples_seen",
-"data_position", "rng" (a list, one entry per rank), "config", "world_size"}.
+Both trainers save and resume through `save_train_state` / `resume_train_state`. The checkpoint dict:
+{"model", "optimizer", "scheduler", "step", the trainer's progress counters (pretraining: "samples_seen",
+"data_position"; fine-tuning: "epoch", "losses"), "rng" (a list, one entry per rank), "config", "world_size"}.
+A resume refuses settings whose change breaks exactness (config fields marked `exact`, the number of
+processes) and logs the other changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 import re
-import signal
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from beit3core import io
+from beit3core.checkpoint import strip_wrapper_prefixes
 from beit3core.errors import UserError
 from beit3core.io import TMP_MARK  # noqa: F401 - re-exported for tests of partial writes
-
-from . import distributed
+from beit3train import distributed
+from beit3train.config import describe, resume_changes
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +57,9 @@ MARKER = "COMPLETE"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _CHUNK = 16 << 20
 
-# Test hook: BEIT3_TEST_CRASH_IN_CHECKPOINT=STEP[:PHASE] makes the process SIGKILL itself while writing the
-# checkpoint of step STEP; PHASE "partial-file" (default) dies with half of checkpoint.pt written,
-# "before-marker" dies after checkpoint.pt is published but before COMPLETE.
-CRASH_ENV = "BEIT3_TEST_CRASH_IN_CHECKPOINT"
-
 
 def checkpoint_uri(run_uri: str, step: int) -> str:
     return io.join(run_uri, CHECKPOINTS, f"step-{step:07d}")
-
-
-def _crash_phase(step: int) -> str | None:
-    spec = os.environ.get(CRASH_ENV, "")
-    if not spec:
-        return None
-    target, _, phase = spec.partition(":")
-    return (phase or "partial-file") if int(target) == step else None
-
-
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_checkpoints(run_uri: str) -> list[tuple[int, str, bool]]:
@@ -107,25 +103,30 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-def save_checkpoint(run_uri: str, step: int, state: dict[str, Any], keep_last: int = 3) -> str:
+def save_checkpoint(run_uri: str, step: int, state: dict[str, Any], keep_last: int = 3,
+                    on_write: Callable[[int, str], None] | None = None) -> str:
     """Write `state` as the checkpoint of `step` (call on rank 0 only), then prune to the newest `keep_last`
-    complete checkpoints. Returns the checkpoint folder URI."""
+    complete checkpoints. Returns the checkpoint folder URI.
+
+    `on_write(step, phase)` (a test seam) is called with half of checkpoint.pt written ("partial-file") and
+    with checkpoint.pt published but COMPLETE not yet written ("before-marker")."""
     uri = checkpoint_uri(run_uri, step)
-    phase = _crash_phase(step)
     with tempfile.TemporaryDirectory(prefix="beit3-ckpt-") as tmp:
         local = os.path.join(tmp, STATE_FILE)
         torch.save(state, local)
         size = os.path.getsize(local)
+        # with a watcher, the first block is at most half the file, so it sees a partial file
+        first = min(_CHUNK, max(1, size // 2)) if on_write else _CHUNK
         with open(local, "rb") as src, io.atomic_write(io.join(uri, STATE_FILE), "wb") as dst:
-            written = 0
-            while block := src.read(_CHUNK if phase != "partial-file" else max(1, size // 2)):
+            block = src.read(first)
+            dst.write(block)
+            if on_write and len(block) < size:
+                dst.flush()
+                on_write(step, "partial-file")
+            while block := src.read(_CHUNK):
                 dst.write(block)
-                written += len(block)
-                if phase == "partial-file" and written < size:
-                    dst.flush()
-                    _die()
-    if phase == "before-marker":
-        _die()
+    if on_write:
+        on_write(step, "before-marker")
     io.write_json(io.join(uri, MARKER), {"step": step, "bytes": size})
     log.info("checkpoint step %d -> %s (%.1f MB)", step, uri, size / 1e6)
     _prune(run_uri, step, keep_last)
@@ -154,7 +155,8 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
 
 # ----- RNG states (converted to weights_only-safe values) -----
 
-def capture_rng_state() -> dict[str, Any]:
+def capture_rng_state(generator: np.random.Generator | None = None) -> dict[str, Any]:
+    """Python's, numpy's and torch's global RNG states, plus `generator`'s (a trainer's own) when given."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -164,10 +166,12 @@ def capture_rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
+    if generator is not None:
+        state["generator"] = generator.bit_generator.state
     return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any], generator: np.random.Generator | None = None) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -176,17 +180,19 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    if generator is not None:
+        generator.bit_generator.state = state["generator"]
 
 
-def gather_rng_states() -> list[dict[str, Any]]:
+def gather_rng_states(generator: np.random.Generator | None = None) -> list[dict[str, Any]]:
     """Every rank's RNG state (collective), so a resumed rank r continues exactly where rank r stopped."""
-    return distributed.all_gather_object(capture_rng_state())
+    return distributed.all_gather_object(capture_rng_state(generator))
 
 
-def restore_rank_rng(states: list[dict[str, Any]], rank: int) -> None:
+def restore_rank_rng(states: list[dict[str, Any]], rank: int, generator: np.random.Generator | None = None) -> None:
     if rank >= len(states):
         raise UserError(f"checkpoint holds RNG states for {len(states)} ranks; this job has rank {rank}")
-    restore_rng_state(states[rank])
+    restore_rng_state(states[rank], generator)
 
 
 # ----- model / optimizer state, DDP and FSDP alike -----
@@ -194,12 +200,6 @@ def restore_rank_rng(states: list[dict[str, Any]], rank: int) -> None:
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
     """(model_state, optimizer_state) as full, unsharded CPU state dicts (collective under FSDP; every rank
     must call it; rank 0 receives the dicts, the other ranks get empty ones). Keys have no DDP `module.` prefix."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
     optim_sd = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
@@ -210,14 +210,90 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, m
                     optim_sd: dict | None) -> None:
     """Inverse of `full_state`. Under a process group only rank 0 needs the dicts (others pass None); the
     values are broadcast from rank 0, so only one process reads the file."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
     multi = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=multi, strict=True)
     set_model_state_dict(model, model_sd or {}, options=options)
-    if optimizer is not None:
+    if optimizer is None:
+        return
+    # Parameters that never had a gradient (a task's idle experts, mask_token) have no optimizer state; the
+    # strict loader would reject that, so they are hidden from it while it runs, and keep having none.
+    with_state = distributed.broadcast_object(set(optim_sd["state"]) if optim_sd else None)
+    stateless = [p for name, p in model.named_parameters()
+                 if p.requires_grad and strip_wrapper_prefixes(name) not in with_state]
+    for p in stateless:
+        p.requires_grad_(False)
+    try:
         set_optimizer_state_dict(model, optimizer, optim_sd or {}, options=options)
+    finally:
+        for p in stateless:
+            p.requires_grad_(True)
+
+
+# ----- the train state: save and resume, one policy for changed settings -----
+
+@dataclass
+class TrainState:
+    """What a checkpoint saves and a resume restores, besides the RNGs and the config."""
+
+    model: nn.Module  # as trained: plain, DDP or FSDP2
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int = 0  # optimizer steps done
+    progress: dict[str, Any] = field(default_factory=dict)  # the trainer's own counters, saved beside `step`
+    generator: np.random.Generator | None = None  # a per-rank RNG of the trainer's own (saved with the others)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    uri: str  # the checkpoint resumed from
+    rng: list[dict[str, Any]]  # every rank's RNG states: `restore_rank_rng` once the data loader is set up
+
+
+def save_train_state(run_uri: str, state: TrainState, config, *, world_size: int, keep_last: int,
+                     on_write: Callable[[int, str], None] | None = None) -> None:
+    """Checkpoint `state` at `state.step` under `run_uri` (collective: every rank calls it, rank 0 writes)."""
+    model_sd, optim_sd = full_state(state.model, state.optimizer)
+    rng = gather_rng_states(state.generator)
+    if not _rank():
+        payload = {"model": model_sd, "optimizer": optim_sd, "scheduler": state.scheduler.state_dict(),
+                   "step": state.step, **state.progress, "rng": rng, "config": dataclasses.asdict(config),
+                   "world_size": world_size}
+        save_checkpoint(run_uri, state.step, payload, keep_last=keep_last, on_write=on_write)
+    distributed.barrier()
+
+
+def resume_train_state(run_uri: str, state: TrainState, config, *, world_size: int) -> Resumed | None:
+    """Load the newest complete checkpoint under `run_uri` into `state`, or None when there is none.
+
+    Rank 0 chooses and reads it; weights and optimizer state are broadcast from it, the small rest travels
+    with broadcast_object. `state.progress` takes the checkpoint's values of its keys. Settings that changed
+    since the checkpoint are refused when they break exact resume, logged otherwise (`check_settings`)."""
+    uri = resolve_resume(run_uri)
+    if uri is None:
+        return None
+    ckpt = load_checkpoint(uri) if not _rank() else None
+    meta = distributed.broadcast_object(
+        None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")})
+    check_settings(uri, meta["config"], config, meta["world_size"], world_size)
+    load_full_state(state.model, state.optimizer, ckpt and ckpt["model"], ckpt and ckpt["optimizer"])
+    del ckpt
+    state.scheduler.load_state_dict(meta["scheduler"])
+    state.step = int(meta["step"])
+    state.progress = {key: meta[key] for key in state.progress}
+    log.info("resuming from %s at step %d", uri, state.step)
+    return Resumed(uri, meta["rng"])
+
+
+def check_settings(uri: str, saved: dict, config, saved_world_size: int, world_size: int) -> None:
+    """Refuse a resume whose settings break exactness (fields marked `exact`, the number of processes): it
+    would not match an uninterrupted run. Log the other changes."""
+    exact, other = resume_changes(saved, config)
+    if exact:
+        raise UserError(f"{uri}: settings differ from the checkpoint's: written with {describe(exact, 'saved')}; "
+                        f"this job has {describe(exact, 'current')}; use a new --out")
+    if saved_world_size != world_size:
+        raise UserError(f"{uri}: written by {saved_world_size} process(es); this job has {world_size}, which "
+                        f"changes the data order and RNG streams; use the same number or a new --out")
+    if other:
+        log.warning("%s: resuming with changed %s (was %s)", uri, describe(other, "current"),
+                    describe(other, "saved"))

@@ -6,7 +6,8 @@ TrainJob) set: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. A PyTorch
 pod), so LOCAL_RANK defaults to 0. Without WORLD_SIZE > 1 nothing is initialised and every helper here
 degrades to the single-process identity, so the same trainer code runs on a laptop and on a cluster.
 
-Backend: nccl when the process drives a CUDA device, gloo on CPU.
+Backend: nccl when the process drives a CUDA device, gloo on CPU. `run_distributed` runs a trainer's `train`
+inside the process group.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+
+from beit3core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +57,12 @@ def world_info_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int,
         try:
             return int(value)
         except ValueError:
-            from beit3core.errors import UserError
-
             raise UserError(f"environment variable {name}={value!r}: not an integer") from None
 
     world_size = _int("WORLD_SIZE", 1)
     rank = _int("RANK", 0)
     local_rank = _int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
-        from beit3core.errors import UserError
-
         raise UserError(f"environment: RANK={rank} is not in [0, WORLD_SIZE={world_size})")
     return rank, world_size, local_rank
 
@@ -75,14 +73,10 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            from beit3core.errors import UserError
-
             raise UserError("--device cuda: no CUDA device is available")
         return torch.device("cuda", local_rank)
     if device == "cpu":
         return torch.device("cpu")
-    from beit3core.errors import UserError
-
     raise UserError(f"--device {device!r}: expected auto, cpu or cuda")
 
 
@@ -113,6 +107,18 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_distributed(train: Callable[..., Any], cfg, *args) -> Any:
+    """`train(cfg, dist_info, *args)` in this process's place in the job: the process group is set up for
+    `cfg.device` and torn down afterwards; ranks other than 0 log warnings only."""
+    dist_info = init_distributed(cfg.device)
+    if not dist_info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return train(cfg, dist_info, *args)
+    finally:
+        cleanup_distributed()
 
 
 def _active() -> bool:
@@ -179,14 +185,3 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not _active():
         return tensor
     return _AllGatherWithGrad.apply(tensor)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers (FSDP2 modules are their own class)."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model

@@ -1,6 +1,6 @@
 """`beit3 evaluate`: evaluate a fine-tuned task model on a split and write OUT/metrics.json and OUT/report.html.
 
-    beit3 evaluate --task T --model FT/model --data VALIDATED/tasks/T --text-tokenizer TOK --out OUT [--split test]
+    beit3 evaluate --task T --model-dir FT/model --data VALIDATED/tasks/T --text-tokenizer TOK --out OUT [--split test]
 
 The model folder is what `beit3 finetune` wrote (task.json names the task, its settings and vocabularies); the
 evaluation uses the settings it was trained with (image size, text length, beam search), overridable here.
@@ -8,118 +8,112 @@ evaluation uses the settings it was trained with (image size, text length, beam 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from beit3core import data, io
+from beit3core.errors import ArgumentParser, UserError, run_main
+from beit3core.task_checkpoint import load_task_model
+from beit3core.tasks import TASK_NAMES, TASKS, TaskSettings
+from beit3core.tasks.common import EvalContext
+from beit3core.tasks.data import check_kind
+from beit3core.tasks.report import metrics_document, write_report
+from beit3core.tokenizers import TextTokenizer
+from beit3train.config import config_from, make_parser, setting
+from beit3train.distributed import resolve_device
+from beit3train.runtime import autocast
 
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from beit3core.tasks import TASK_NAMES
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`beit3 evaluate`'s flags."""
 
-    p = argparse.ArgumentParser(prog="beit3 evaluate", description="evaluate a fine-tuned BEiT-3 task model")
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
-    p.add_argument("--model", required=True, help="the model folder `beit3 finetune` wrote (RUN/model)")
-    p.add_argument("--data", required=True, help="validated task dataset")
-    p.add_argument("--text-tokenizer", required=True)
-    p.add_argument("--out", required=True, help="output folder (local or s3://)")
-    p.add_argument("--split", default=None, help="default: test, else val, else the last split")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
-    p.add_argument("--num-beams", type=int, default=None)
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--max-examples", type=int, default=0, help="evaluate on the first N rows only (0: all)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+    task: str = setting(help="the task the model was fine-tuned for", choices=TASK_NAMES)
+    model_dir: str = setting(help="the model folder `beit3 finetune` wrote (RUN/model)")
+    data: str = setting(help="validated task dataset")
+    text_tokenizer: str = setting(help="`beit3 tokenize text` output, a tokenizer folder or .model")
+    out: str = setting(help="output folder (local or s3://)")
+    split: str | None = setting(None, "split to evaluate (default: test, else val, else the last split)")
+    device: str = setting("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
+    batch_size: int | None = setting(None, "evaluation batch size (default: the model's eval batch size)")
+    num_beams: int | None = setting(None, "beam size of captioning (default: the model's)")
+    num_samples: int = setting(8, "sample predictions shown in the report")
+    threads: int = setting(0, "torch intra-op threads (0: torch's default)")
+    max_examples: int = setting(0, "evaluate on the first N rows only (0: all)")
+    progress: bool = setting(True, "progress bars")
+
+    def __post_init__(self):
+        if min(self.num_samples, self.threads, self.max_examples) < 0:
+            raise UserError("--num-samples, --threads and --max-examples must be >= 0")
 
 
-def load_task_model(uri: str, task: str | None = None):
-    """(task model, task.json) from a `beit3 finetune` model folder, weights loaded strictly."""
-    from beit3core import io
-    from beit3core.checkpoint import load_pretrained
-    from beit3core.errors import UserError
-    from beit3core.models import Beit3Config, Beit3Model
-    from beit3core.tasks import TaskSettings, build_task_model
+def build_parser() -> ArgumentParser:
+    return make_parser(EvaluateConfig, "beit3 evaluate", "evaluate a fine-tuned BEiT-3 task model")
 
-    for name in ("config.json", "task.json", "model.safetensors"):
-        if not io.exists(io.join(uri, name)):
-            raise UserError(f"{io.join(uri, name)}: no such file (not a `beit3 finetune` model folder)")
-    config = io.read_json(io.join(uri, "config.json"))
-    meta = io.read_json(io.join(uri, "task.json"))
-    if config.get("architecture") != "Beit3TaskModel":
-        raise UserError(f"{io.join(uri, 'config.json')}: field 'architecture': expected 'Beit3TaskModel'")
-    if task is not None and meta.get("task") != task:
-        raise UserError(f"{io.join(uri, 'task.json')}: field 'task' is {meta.get('task')!r}, but --task is {task!r}")
-    backbone = Beit3Model(Beit3Config.from_dict(config["config"]))
-    model = build_task_model(meta["task"], backbone, meta)
-    load_pretrained(model, uri, strict=True)
-    settings = meta["settings"]
-    settings["betas"] = tuple(settings["betas"])
-    meta["settings"] = TaskSettings(**settings)
-    return model, meta
+
+def parse_args(argv: list[str] | None) -> EvaluateConfig:
+    return config_from(EvaluateConfig, vars(build_parser().parse_args(argv)))
 
 
 def default_test_split(splits: list[str]) -> str:
     return next((s for s in ("test", "val", "dev") if s in splits), splits[-1])
 
 
-def evaluate(args) -> dict:
-    import torch
+def evaluate_split(model: nn.Module, task: str, data_uri: str, split: str, *, header: dict,
+                   tokenizer: TextTokenizer, settings: TaskSettings, device: torch.device, max_examples: int = 0,
+                   num_samples: int = 8, progress: bool = True) -> tuple[dict, list[dict], int]:
+    """(metrics, sample predictions, rows evaluated) of `model` on the first `max_examples` rows (0: all) of
+    `split`, under the device's autocast. Fine-tuning's end-of-run evaluation is this one."""
+    rows = data.read_rows(data_uri, split)
+    if max_examples:
+        rows = rows[:max_examples]
+    if not rows:
+        raise UserError(f"{data_uri}: split {split!r} is empty")
+    ev = EvalContext(uri=data_uri, rows=rows, header=header, tokenizer=tokenizer, settings=settings, device=device,
+                     num_samples=num_samples, progress=progress)
+    with autocast(device):
+        metrics, samples = TASKS[task].evaluate(model, ev)
+    return metrics, samples, len(rows)
 
-    from beit3core import data, io
-    from beit3core.errors import UserError
-    from beit3core.tasks import TASKS
-    from beit3core.tasks.common import EvalContext
-    from beit3core.tasks.data import check_kind
-    from beit3core.tasks.report import write_report
-    from beit3core.tokenizers import TextTokenizer
-    from beit3train.distributed import resolve_device
-    from beit3train.finetune import metrics_document
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    header = check_kind(args.data, args.task)
-    model, meta = load_task_model(args.model, args.task)
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """OUT/metrics.json and OUT/report.html of the model folder on the split; returns the metrics document."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    header = check_kind(cfg.data, cfg.task)
+    model, meta = load_task_model(cfg.model_dir, cfg.task)
     for key in ("labels", "answers"):
         if meta.get(key) and header.get(key) and list(header[key]) != list(meta[key]):
-            raise UserError(f"{args.data}/dataset.json: field {key!r} differs from the model's {key} "
-                            f"({args.model}/task.json); evaluate on data with the same vocabulary")
-    settings = meta["settings"].replace(eval_batch_size=args.batch_size, num_beams=args.num_beams)
-    tokenizer = TextTokenizer.load(args.text_tokenizer)
-    splits = data.splits(args.data)
-    split = args.split or default_test_split(splits)
-    rows = data.read_rows(args.data, split)
-    if args.max_examples:
-        rows = rows[: args.max_examples]
-    if not rows:
-        raise UserError(f"{args.data}: split {split!r} is empty")
-    device = resolve_device(args.device)
+            raise UserError(f"{cfg.data}/dataset.json: field {key!r} differs from the model's {key} "
+                            f"({cfg.model_dir}/task.json); evaluate on data with the same vocabulary")
+    settings = meta["settings"].replace(eval_batch_size=cfg.batch_size, num_beams=cfg.num_beams)
+    split = cfg.split or default_test_split(data.splits(cfg.data))
+    device = resolve_device(cfg.device)
     model.to(device).eval()
-    ev = EvalContext(uri=args.data, rows=rows, header=header, tokenizer=tokenizer, settings=settings, device=device,
-                     num_samples=args.num_samples, progress=not args.no_progress)
-    spec = TASKS[args.task]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with autocast:
-        metrics, samples = spec.evaluate(model, ev)
-    doc = metrics_document(args.task, split, metrics, args.data, spec.selection_key)
-    doc["model"] = args.model
-    io.write_json(io.join(args.out, "metrics.json"), doc)
-    write_report(io.join(args.out, "report.html"), task=args.task, data_uri=args.data, metrics=doc, samples=samples,
-                 title=f"{args.task}: {args.model} on {split}")
-    print(f"evaluate {args.task}: {spec.selection_key} = {metrics[spec.selection_key]:.2f} on {split} "
-          f"({len(rows)} rows); wrote {args.out}/metrics.json, report.html")
+    metrics, samples, count = evaluate_split(
+        model, cfg.task, cfg.data, split, header=header, tokenizer=TextTokenizer.load(cfg.text_tokenizer),
+        settings=settings, device=device, max_examples=cfg.max_examples, num_samples=cfg.num_samples,
+        progress=cfg.progress)
+    doc = {**metrics_document(cfg.task, split, metrics, cfg.data), "model_dir": cfg.model_dir}
+    io.write_json(io.join(cfg.out, "metrics.json"), doc)
+    write_report(io.join(cfg.out, "report.html"), task=cfg.task, data_uri=cfg.data, metrics=doc, samples=samples,
+                 title=f"{cfg.task}: {cfg.model_dir} on {split}")
+    selection = TASKS[cfg.task].SELECTION_METRIC
+    print(f"evaluate {cfg.task}: {selection} = {metrics[selection]:.2f} on {split} ({count} rows); "
+          f"wrote {cfg.out}/metrics.json, report.html")
     return doc
 
 
 def main(argv: list[str] | None = None) -> int:
-    evaluate(build_parser().parse_args(argv))
+    evaluate(parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
-    from beit3core.errors import run_main
-
     sys.exit(run_main(main, None))

@@ -21,6 +21,9 @@ import shutil
 import tempfile
 from typing import Any
 
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
 from beit3core import io
 
 log = logging.getLogger(__name__)
@@ -48,14 +51,10 @@ class MetricsLogger:
         self.jsonl_path = os.path.join(self.local_dir, "metrics.jsonl")
         self._restore_history(start_step)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-        from torch.utils.tensorboard import SummaryWriter
-
         # purge_step hides events a killed run wrote after its last checkpoint.
         self._tb = SummaryWriter(os.path.join(self.local_dir, "tb"),
                                  purge_step=start_step + 1 if start_step > 0 else None)
         if progress:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def _restore_history(self, start_step: int) -> None:

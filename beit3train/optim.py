@@ -21,6 +21,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from beit3core.checkpoint import strip_wrapper_prefixes
+
 DEFAULT_NO_DECAY_NAMES = ("pos_embed", "embed_positions", "cls_token", "mask_token", "logit_scale")
 DEFAULT_HEAD_PREFIXES = ("head.",)
 
@@ -35,12 +37,6 @@ def layer_id(name: str, num_layers: int) -> int:
     if "embed" in name or name.endswith(("cls_token", "mask_token")):
         return 0
     return num_layers + 1
-
-
-def _strip_wrappers(name: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        name = name.replace(prefix, "")
-    return name
 
 
 def build_param_groups(
@@ -66,7 +62,7 @@ def build_param_groups(
     for raw_name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        name = _strip_wrappers(raw_name)
+        name = strip_wrapper_prefixes(raw_name)
         no_decay = (
             param.ndim <= 1
             or name.endswith(".bias")

@@ -24,7 +24,6 @@ torchscale 0.3.0 + fairscale 0.4.0 are needed (`pip install --no-deps torchscale
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -35,7 +34,7 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from beit3train.runtime import autocast
 
 SIZES = {"base": dict(depth=12, dim=768, heads=12), "12x384": dict(depth=12, dim=384, heads=6)}
 MODES = ("fused", "vision", "text")
@@ -125,14 +124,8 @@ def make_inputs(mode, args):
     return image.to(d), ids.to(d), pad.to(d)
 
 
-def autocast(args):
-    if args.device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # no bf16 hardware on the CPU: fp32
-
-
 def step(model, inputs, args):
-    with autocast(args):
+    with autocast(torch.device(args.device)):
         out = model(*inputs)
     out.float().square().mean().backward()
     for p in model.parameters():
@@ -260,7 +253,7 @@ def main(argv=None) -> int:
             inputs = make_inputs(mode, args)
             with torch.no_grad():  # the two compute the same function
                 ref.eval(), ours.eval()
-                with autocast(args):
+                with autocast(torch.device(args.device)):
                     diff = (ref(*inputs).float() - ours(*inputs).float()).abs().max().item()
                 ref.train(), ours.train()
             for m in models.values():  # warm-up

@@ -14,8 +14,6 @@ x3 for forward + backward, against the card's dense bf16 peak).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import sys
 import time
@@ -23,13 +21,12 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from beit3core.factory import create_model  # noqa: E402
-from beit3core.pretrain import Beit3ForPretraining  # noqa: E402
-from beit3core.pretrain.text_masking import mask_text  # noqa: E402
-from beit3core.tokenizers import BlockMaskGenerator  # noqa: E402
-from beit3train.optim import build_optimizer, build_param_groups  # noqa: E402
+from beit3core.factory import create_model
+from beit3core.pretrain import Beit3ForPretraining
+from beit3core.pretrain.text_masking import mask_text
+from beit3core.tokenizers import BlockMaskGenerator
+from beit3train.optim import build_optimizer, build_param_groups
+from beit3train.runtime import autocast
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core bf16 FLOP/s
 VOCAB, CODEBOOK, TEXT_LEN = 64010, 8192, 32
@@ -75,13 +72,12 @@ def bench(name: str, b: int, device, repeats: int, warmup: int) -> dict:
                           fused=True if device.type == "cuda" else None)
     cfg = backbone.config
     batch = make_batch(b, cfg.grid_size[0], cfg.img_size, device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     times = []
     for i in range(warmup + repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        with amp:
+        with autocast(device):
             loss = model(batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -119,7 +115,8 @@ def main() -> int:
     if device.type == "cuda":
         peak = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
         if peak:
-            print(f"base model-FLOPs utilisation (bf16): {rows[1]['tflops'] * 1e12 / peak:.1%} of {peak / 1e12:.0f} TFLOP/s")
+            mfu = rows[1]["tflops"] * 1e12 / peak
+            print(f"base model-FLOPs utilisation (bf16): {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s")
     return 0
 
 

@@ -18,11 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image
 
-from PIL import Image  # noqa: E402
-
-from beit3core.data.validate import GXRunner, check_images, metadata_checks, read_table, validate_table  # noqa: E402
+from beit3core.data.validation import GXRunner, check_images, read_table, validate_table
 
 TARGET_S = 60.0
 
@@ -65,25 +63,23 @@ def bench_metadata(rows: int) -> None:
         table = read_table(str(root))
         t_read = time.perf_counter() - t0
         t0 = time.perf_counter()
-        checks, _frame, clean, reasons, _ = validate_table(table, str(root), check_images_=False)
+        report = validate_table(table, str(root), with_images=False)
         t_checks = time.perf_counter() - t0
-        _, frame, _ = metadata_checks(table)
-        gx_frame = frame[[c for c in frame.columns if not c.endswith("__safe")]]
         t0 = time.perf_counter()
         import great_expectations  # noqa: F401
         t_import = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as docs:
             runner = GXRunner(docs)
             t0 = time.perf_counter()
-            result = runner.run("bench", "pairs", gx_frame, checks)
+            result = runner.run("bench", "pairs", report.frame, report.checks)
             t_gx = time.perf_counter() - t0
             t0 = time.perf_counter()
             runner.build_docs()
             t_docs = time.perf_counter() - t0
         total = t_read + t_checks + t_gx + t_docs
-        quarantined = int((~clean).sum())
+        quarantined = int((~report.clean).sum())
         assert quarantined == bad, (quarantined, bad)
-        print(f"\nmetadata validation of {rows:,} pairs rows ({len(checks)} checks + GX suite of "
+        print(f"\nmetadata validation of {rows:,} pairs rows ({len(report.checks)} checks + GX suite of "
               f"{len(result['results'])} expectations):")
         print(f"  {'parse JSON lines':32s} {t_read:7.2f} s")
         print(f"  {'vectorised checks + reasons':32s} {t_checks:7.2f} s")

@@ -102,7 +102,7 @@ def full_pipeline(
     visual_patch_size: int = 16,
     visual_epochs: int = 1,
     visual_args: list = [],
-    model_size: str = "beit3_base_patch16_224",
+    arch: str = "beit3_base_patch16_224",
     layout: str = "",
     pretrain_steps: int = 1000,
     pretrain_args: list = [],
@@ -117,8 +117,8 @@ def full_pipeline(
     registry: str = "kubeflow:http://model-registry-service.kubeflow.svc.cluster.local:8080",
     output_root: str = "",
 ):
-    """Parameters: the dataset (`dataset_uri`, or `dvc_repo` + `dvc_rev` + `dvc_path`); the model size
-    (`model_size`, a `beit3 models` name); the distributed run (`launcher_backend` pytorchjob | trainjob |
+    """Parameters: the dataset (`dataset_uri`, or `dvc_repo` + `dvc_rev` + `dvc_path`); the architecture
+    (`arch`, a `beit3 models` name); the distributed run (`launcher_backend` pytorchjob | trainjob |
     local, `replicas`, `gpus_per_replica`); per-task settings (`tasks`); `pretrained_model_uri` to skip
     pretraining; `output_root` to write stage outputs under another prefix than the pipeline root."""
     val = validate_data(dataset_uri=dataset_uri, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
@@ -140,7 +140,7 @@ def full_pipeline(
                               output_root=output_root)
         _on_platform(vis.set_display_name("tokenize visual"), image, gpus=1, cpu="8", memory="64Gi")
         pre = pretrain(validated=validated, text_tokens=text_tokens, visual_tokens=vis.outputs["visual_tokens"],
-                       model_name=model_size, layout=layout, steps=pretrain_steps, extra_args=pretrain_args,
+                       arch=arch, layout=layout, steps=pretrain_steps, extra_args=pretrain_args,
                        backend=launcher_backend, image=image, replicas=replicas, gpus_per_replica=gpus_per_replica,
                        nproc_per_replica=nproc_per_replica, s3_secret=S3_SECRET,
                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, output_root=output_root)

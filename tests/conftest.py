@@ -12,6 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): on the 2
+    shared cores of CI, one thread avoids spin contention and is several times faster for tiny models."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def s3_store(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 with bucket `test-bucket`; AWS_* point at it for the session."""

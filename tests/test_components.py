@@ -15,7 +15,8 @@ from kfp import compiler
 from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
 from beit3core.errors import UserError
-from beit3ops import k8s_schema, kfp_io, launcher, registry
+from beit3ops import k8s_schema, kfp_io, model_registry
+from beit3ops.launch import cli as launch_cli
 from components import IMAGE
 from components.pretrain.component import pretrain
 from components.register.component import register
@@ -89,7 +90,7 @@ def test_register_component_records_lineage(evaluated, tmp_path):
         run_name="beit3-full-run",
     )
     assert version == "0.2.0-01234567"
-    (entry,) = registry.LocalRegistry(str(reg)).entries()
+    (entry,) = model_registry.LocalRegistry(str(reg)).entries()
     assert entry["name"] == "beit3-vqa" and entry["uri"] == f"{model.uri}/model"
     assert entry["dataset_version"] == "md5:1234" and entry["run_id"] == "0123456789abcdef"
     assert entry["metrics"] == {"accuracy": 0.66}
@@ -97,7 +98,7 @@ def test_register_component_records_lineage(evaluated, tmp_path):
 
 def test_register_component_refuses_below_threshold(evaluated, tmp_path):
     model, evaluation, validated = evaluated
-    with pytest.raises(registry.RegistrationRefused, match="accuracy=0.66 does not satisfy >=0.9"):
+    with pytest.raises(model_registry.RegistrationRefused, match="accuracy=0.66 does not satisfy >=0.9"):
         register.python_func(finetuned=model, evaluation=evaluation, validated=validated,
                              task={"task": "vqa", "require": ["accuracy>=0.9"]}, registry=f"local:{tmp_path / 'r.json'}")
     assert not (tmp_path / "r.json").exists()
@@ -124,7 +125,7 @@ class _SucceedingApi:
 
 def test_pretrain_component_submits_a_valid_pytorchjob(tmp_path, monkeypatch):
     api = _SucceedingApi()
-    monkeypatch.setattr(launcher, "kubernetes_api", lambda: api)
+    monkeypatch.setattr(launch_cli, "kubernetes_api", lambda: api)
     monkeypatch.setenv("NAMESPACE", "team-ml")
     run = tmp_path / "pipe-run" / "pretrain" / "model"
     run.mkdir(parents=True)
@@ -133,7 +134,7 @@ def test_pretrain_component_submits_a_valid_pytorchjob(tmp_path, monkeypatch):
     pretrain.python_func(
         validated=Dataset(name="v", uri="s3://b/validated"), text_tokens=Dataset(name="t", uri="s3://b/text"),
         visual_tokens=Dataset(name="vt", uri="s3://b/visual"), model=model, metrics=metrics,
-        model_name="beit3_large_patch16_224", steps=10, extra_args=["--batch-pairs", "8"], backend="pytorchjob",
+        arch="beit3_large_patch16_224", steps=10, extra_args=["--batch-pairs", "8"], backend="pytorchjob",
         image=IMAGE, replicas=4, gpus_per_replica=8, node_selector={"pool": "a100"}, run_id="8d3c1b2a-0000",
         timeout_s=60,
     )
@@ -149,7 +150,7 @@ def test_pretrain_component_submits_a_valid_pytorchjob(tmp_path, monkeypatch):
     assert cmd[cmd.index("--out") + 1] == str(run) and cmd[cmd.index("--data") + 1] == "s3://b/validated"
     assert cmd[-2:] == ["--batch-pairs", "8"]
     assert metrics.metadata == {"step": 10.0, "loss.mlm": 2.5}
-    assert model.metadata["model_name"] == "beit3_large_patch16_224"
+    assert model.metadata["arch"] == "beit3_large_patch16_224"
 
 
 def test_every_component_compiles_on_its_own(tmp_path):

@@ -13,7 +13,7 @@ from PIL import Image
 from beit3core import data
 from beit3core.data.importers import import_dataset
 from beit3core.data.importers.vqav2 import answer_vocabulary, normalize_answer
-from beit3core.data.validate import validate
+from beit3core.data.validation import validate
 from beit3core.errors import UserError
 
 

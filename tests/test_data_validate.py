@@ -15,7 +15,7 @@ from PIL import Image
 
 from beit3core import data
 from beit3core.data.cli import main as data_main
-from beit3core.data.validate import check_image_bytes, parse_jsonl, validate
+from beit3core.data.validation import check_image_bytes, parse_jsonl, validate
 from beit3core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -16,19 +17,12 @@ TASK_KEYS = {
     "retrieval": ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10", "average_score"),
     "captioning": ("bleu4", "cider"),
 }
-FAST = ["--recipe", "demo", "--steps", "2", "--warmup-steps", "1", "--batch-size", "4", "--img-size", "32",
-        "--max-len", "12", "--eval-batch-size", "8", "--no-progress"]
+FAST = ["--arch", "beit3_tiny_patch8_64", "--steps", "2", "--warmup-steps", "1", "--batch-size", "4",
+        "--img-size", "32", "--max-len", "12", "--eval-batch-size", "8", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread avoids spin contention and is several times faster here."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
+RUN_WITH_HOOKS = str(Path(__file__).parent / "helpers" / "run_with_hooks.py")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +69,7 @@ def test_finetune_then_evaluate(synth, tmp_path, task):
 
     # the saved folder reproduces the fine-tuning run's evaluation exactly: nothing is lost in saving
     out = tmp_path / "eval"
-    assert evaluate_main(["--task", task, "--model", str(run / "model"), "--data",
+    assert evaluate_main(["--task", task, "--model-dir", str(run / "model"), "--data",
                           str(synth / "synth" / "tasks" / task), "--text-tokenizer", str(synth / "tok"),
                           "--out", str(out), "--split", "val", "--max-examples", "8", "--no-progress"]) == 0
     ev = json.loads((out / "metrics.json").read_text())
@@ -140,8 +134,19 @@ def test_user_errors(synth, tmp_path):
     with pytest.raises(UserError, match="mixup"):
         main(["--task", "vqa", "--init", "random", *base, "--mixup", "0.8"])
     with pytest.raises(UserError, match="not a `beit3 finetune` model folder"):
-        evaluate_main(["--task", "vqa", "--model", str(tmp_path), "--data", str(synth / "synth" / "tasks" / "vqa"),
+        evaluate_main(["--task", "vqa", "--model-dir", str(tmp_path), "--data", str(synth / "synth" / "tasks" / "vqa"),
                        "--text-tokenizer", str(synth / "tok"), "--out", str(tmp_path / "y")])
+
+
+@pytest.mark.parametrize("command", ["finetune", "evaluate"])
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["--task", "vqa"]], ids=["bad flag", "missing argument"])
+def test_cli_mistakes_are_one_error_line(command, argv, capsys):
+    from beit3core.errors import run_main
+    from beit3train import evaluate, finetune
+
+    assert run_main({"finetune": finetune.main, "evaluate": evaluate.main}[command], argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
 
 
 def test_classification_mixup_runs(synth, tmp_path):
@@ -166,7 +171,6 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(synth, tmp_path):
     """Checkpoints at epoch ends; a run SIGKILLed while writing its second checkpoint resumes from the first
     and ends with the same weights as a run that was never interrupted (captioning: crops draw from torch's
     RNG, caption masks from the task RNG)."""
-    import os
     import subprocess
     import sys
 
@@ -174,24 +178,24 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(synth, tmp_path):
     from safetensors.torch import load_file
 
     from beit3core import data
-    from beit3train.checkpointing import CRASH_ENV, list_checkpoints
+    from beit3train.checkpointing import list_checkpoints
 
     task = "captioning"
     data_uri = str(synth / "synth" / "tasks" / task)
     per_epoch = len(data.read_rows(data_uri, "train")) // 4
     argv = ["--task", task, "--data", data_uri, "--text-tokenizer", str(synth / "tok"), "--init", "random",
-            "--recipe", "demo", "--steps", str(3 * per_epoch), "--warmup-steps", "2", "--batch-size", "4",
+            "--arch", "beit3_tiny_patch8_64", "--steps", str(3 * per_epoch), "--warmup-steps", "2", "--batch-size", "4",
             "--img-size", "32", "--max-len", "12", "--eval-batch-size", "8", "--max-eval-examples", "4",
             "--threads", "1", "--no-progress", "--ckpt-every-epochs", "1"]
 
-    def run(out, env_extra=None):
-        env = {**os.environ, **(env_extra or {})}
-        return subprocess.run([sys.executable, "-m", "beit3train.finetune", *argv, "--out", str(out)], env=env,
-                              capture_output=True, text=True, timeout=600)
+    def run(out, hooks=()):
+        command = [RUN_WITH_HOOKS, "finetune", *hooks] if hooks else ["-m", "beit3train.finetune"]
+        return subprocess.run([sys.executable, *command, *argv, "--out", str(out)], capture_output=True, text=True,
+                              timeout=600)
 
     straight = run(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = run(tmp_path / "resumed", {CRASH_ENV: str(2 * per_epoch)})
+    killed = run(tmp_path / "resumed", ["--kill-in-checkpoint", str(2 * per_epoch)])
     assert killed.returncode == -9
     assert [s for s, _, done in list_checkpoints(str(tmp_path / "resumed")) if done] == [per_epoch]
     resumed = run(tmp_path / "resumed")

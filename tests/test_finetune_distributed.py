@@ -28,7 +28,7 @@ def test_finetune_two_processes(tmp_path, task):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "beit3train.finetune", "--task", task,
            "--data", str(tmp_path / "synth" / "tasks" / task), "--text-tokenizer", str(tmp_path / "tok"),
-           "--init", "random", "--out", str(tmp_path / "run"), "--recipe", "demo", "--steps", "2",
+           "--init", "random", "--out", str(tmp_path / "run"), "--arch", "beit3_tiny_patch8_64", "--steps", "2",
            "--warmup-steps", "1", "--batch-size", "4", "--img-size", "32", "--max-len", "12",
            "--max-eval-examples", "8", "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
@@ -60,7 +60,7 @@ def test_finetune_two_processes_resume_is_exact(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), "-m", "beit3train.finetune", "--task",
                "classification", "--data", task_uri, "--text-tokenizer", str(tmp_path / "tok"), "--init", "random",
-               "--out", str(tmp_path / "run"), "--recipe", "demo", "--steps", str(per_rank_epoch + 2),
+               "--out", str(tmp_path / "run"), "--arch", "beit3_tiny_patch8_64", "--steps", str(per_rank_epoch + 2),
                "--warmup-steps", "1", "--batch-size", "4", "--img-size", "32", "--max-eval-examples", "8",
                "--no-progress", "--device", "cpu", "--ckpt-every-epochs", "1"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from beit3core.errors import UserError
-from beit3ops import k8s_schema, launcher
-from beit3ops.launcher import JobCancelled, JobFailed, JobTimeout, JobWatcher, LaunchConfig
+from beit3ops import k8s_schema
+from beit3ops.launch import cli, local, specs, watch
+from beit3ops.launch.config import NAME_RE, JobCancelled, JobFailed, JobTimeout, LaunchConfig, job_name
+from beit3ops.launch.watch import JobWatcher
 
 
 def _cfg(**kw) -> LaunchConfig:
@@ -36,7 +38,7 @@ def _cfg(**kw) -> LaunchConfig:
 
 
 def test_pytorchjob_has_master_workers_gpus_shm_and_torchrun():
-    job = launcher.build_job(_cfg(), "pytorchjob")
+    job = specs.build_job(_cfg(), "pytorchjob")
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
     spec = job["spec"]
     assert spec["nprocPerNode"] == "4"  # a string in v1
@@ -63,7 +65,7 @@ def test_pytorchjob_has_master_workers_gpus_shm_and_torchrun():
 
 
 def test_single_replica_has_no_worker_and_cpu_job_has_no_gpu():
-    job = launcher.build_job(_cfg(replicas=1, gpus_per_node=0, nproc_per_node=2, cpu="4", memory="8Gi"))
+    job = specs.build_job(_cfg(replicas=1, gpus_per_node=0, nproc_per_node=2, cpu="4", memory="8Gi"))
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert list(replicas) == ["Master"]
     c = replicas["Master"]["template"]["spec"]["containers"][0]
@@ -72,7 +74,7 @@ def test_single_replica_has_no_worker_and_cpu_job_has_no_gpu():
 
 
 def test_trainjob_validates_and_carries_the_same_command():
-    job = launcher.build_job(_cfg(), "trainjob")
+    job = specs.build_job(_cfg(), "trainjob")
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4  # an integer in v2
@@ -87,7 +89,7 @@ def test_trainjob_validates_and_carries_the_same_command():
 
 @pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
 def test_a_typo_in_a_generated_job_fails_validation(backend):
-    job = launcher.build_job(_cfg(), backend)
+    job = specs.build_job(_cfg(), backend)
     if backend == "pytorchjob":
         job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
     else:
@@ -97,7 +99,7 @@ def test_a_typo_in_a_generated_job_fails_validation(backend):
 
 
 def test_wrong_types_fail_validation():
-    job = launcher.build_pytorchjob(_cfg())
+    job = specs.build_pytorchjob(_cfg())
     job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = "two"
     job["spec"]["nprocPerNode"] = 4
     errors = k8s_schema.validation_errors(job)
@@ -119,7 +121,7 @@ def test_wrong_types_fail_validation():
     ],
 )
 def test_webhook_rules_the_schema_cannot_express(mutate, expected):
-    job = launcher.build_pytorchjob(_cfg())
+    job = specs.build_pytorchjob(_cfg())
     assert k8s_schema.schema_errors(job) == []
     mutate(job["spec"])
     errors = k8s_schema.validation_errors(job)
@@ -179,27 +181,27 @@ def test_bad_settings_are_user_errors_naming_the_flag(kw, flag):
 def test_deadline_and_owner_pod_make_jobs_go_away_without_the_watcher(backend, monkeypatch):
     monkeypatch.setenv("POD_NAME", "beit3-full-abc-pretrain-123")
     monkeypatch.setenv("POD_UID", "0f1e2d3c-aaaa-bbbb-cccc-000000000001")
-    job = launcher.build_job(_cfg(active_deadline_seconds=3600, owner_pod=launcher.pod_owner()), backend)
+    job = specs.build_job(_cfg(active_deadline_seconds=3600, owner_pod=watch.pod_owner()), backend)
     (ref,) = job["metadata"]["ownerReferences"]
     assert ref == {"apiVersion": "v1", "kind": "Pod", "name": "beit3-full-abc-pretrain-123",
                    "uid": "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "controller": False, "blockOwnerDeletion": False}
     deadline = job["spec"]["runPolicy"] if backend == "pytorchjob" else job["spec"]
     assert deadline["activeDeadlineSeconds"] == 3600
     monkeypatch.delenv("POD_UID")
-    assert launcher.pod_owner() is None
-    assert "ownerReferences" not in launcher.build_job(_cfg(), backend)["metadata"]
+    assert watch.pod_owner() is None
+    assert "ownerReferences" not in specs.build_job(_cfg(), backend)["metadata"]
 
 
 def test_cluster_jobs_need_an_image():
     with pytest.raises(UserError, match="--image"):
-        launcher.build_job(_cfg(image=""), "pytorchjob")
+        specs.build_job(_cfg(image=""), "pytorchjob")
 
 
 def test_job_name_is_a_dns_label():
-    name = launcher.job_name("beit3-pretrain", "3F2A9C1E-7B6D-4C2A-9E1F-0A1B2C3D4E5F")
+    name = job_name("beit3-pretrain", "3F2A9C1E-7B6D-4C2A-9E1F-0A1B2C3D4E5F")
     assert name == "beit3-pretrain-3f2a9c1e-7b6"
-    assert launcher._NAME_RE.match(name) and len(name) <= 50
-    assert launcher._NAME_RE.match(launcher.job_name("9x", "")) is not None
+    assert NAME_RE.match(name) and len(name) <= 50
+    assert NAME_RE.match(job_name("9x", "")) is not None
 
 
 # ------------------------------------------------------------------------------------------ watch loop
@@ -269,8 +271,8 @@ def test_watch_success_logs_each_condition_once(caplog):
     done = _cond("Succeeded", reason="PyTorchJobSucceeded", message="finished", t="2026-01-01T00:02:00Z")
     api = FakeCustomObjectsApi([[], [created], [created, running], [created, running], [created, running, done]])
     watcher, clock = _watcher(api)
-    job = launcher.build_job(_cfg())
-    with caplog.at_level(logging.INFO, logger="beit3ops.launcher"):
+    job = specs.build_job(_cfg())
+    with caplog.at_level(logging.INFO, logger="beit3ops.launch"):
         obj = watcher.run(job)
     assert obj["status"]["conditions"][-1]["type"] == "Succeeded"
     assert api.created == [("kubeflow.org", "v1", "ml", "pytorchjobs", "beit3-pretrain-abc")]
@@ -285,7 +287,7 @@ def test_watch_failure_raises_the_jobs_own_reason_and_keeps_the_job():
     api = FakeCustomObjectsApi([[_cond("Running")], [_cond("Running"), failed]])
     watcher, _ = _watcher(api)
     with pytest.raises(JobFailed, match=r"PyTorchJobFailed: pod beit3-pretrain-abc-worker-1 exited with code 137"):
-        watcher.run(launcher.build_job(_cfg()))
+        watcher.run(specs.build_job(_cfg()))
     assert api.deleted == []  # kept for inspection; ttlSecondsAfterFinished cleans it up
 
 
@@ -293,7 +295,7 @@ def test_watch_timeout_deletes_the_job():
     api = FakeCustomObjectsApi([[_cond("Created")], [_cond("Created"), _cond("Running")]])
     watcher, clock = _watcher(api, timeout_s=35)
     with pytest.raises(JobTimeout, match="did not finish within 35 s"):
-        watcher.run(launcher.build_job(_cfg()))
+        watcher.run(specs.build_job(_cfg()))
     assert clock.now == 40
     assert api.deleted == [("kubeflow.org", "v1", "ml", "pytorchjobs", "beit3-pretrain-abc", "Background")]
 
@@ -307,7 +309,7 @@ def test_sigterm_cancels_and_deletes_the_job():
     api = FakeCustomObjectsApi([[_cond("Running")]], on_get=cancel_on_third_poll)
     watcher, _ = _watcher(api, "trainjob")
     with pytest.raises(JobCancelled, match="SIGTERM"):
-        watcher.run(launcher.build_job(_cfg(), "trainjob"))
+        watcher.run(specs.build_job(_cfg(), "trainjob"))
     assert api.deleted == [("trainer.kubeflow.org", "v1alpha1", "ml", "trainjobs", "beit3-pretrain-abc", "Background")]
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
 
@@ -315,7 +317,7 @@ def test_sigterm_cancels_and_deletes_the_job():
 def test_trainjob_complete_is_success_and_failed_false_is_not_failure():
     api = FakeCustomObjectsApi([[_cond("Failed", status="False")], [_cond("Complete", reason="JobsCompleted")]])
     watcher, _ = _watcher(api, "trainjob")
-    assert watcher.run(launcher.build_job(_cfg(), "trainjob"))["status"]["conditions"][0]["type"] == "Complete"
+    assert watcher.run(specs.build_job(_cfg(), "trainjob"))["status"]["conditions"][0]["type"] == "Complete"
 
 
 def test_existing_job_is_followed_and_transient_errors_are_retried():
@@ -323,7 +325,7 @@ def test_existing_job_is_followed_and_transient_errors_are_retried():
         [ApiError(500), ApiError(503), [_cond("Succeeded")]], create_error=ApiError(409, "AlreadyExists")
     )
     watcher, _ = _watcher(api)
-    watcher.run(launcher.build_job(_cfg()))
+    watcher.run(specs.build_job(_cfg()))
     assert api.gets == 3 and api.deleted == []
 
 
@@ -331,25 +333,25 @@ def test_persistent_api_errors_and_vanished_jobs_fail():
     api = FakeCustomObjectsApi([ApiError(500)])
     watcher, _ = _watcher(api)
     with pytest.raises(ApiError):
-        watcher.run(launcher.build_job(_cfg()))
+        watcher.run(specs.build_job(_cfg()))
     assert api.gets == watcher.max_api_errors
     api = FakeCustomObjectsApi([[_cond("Running")], ApiError(404)])
     watcher, _ = _watcher(api)
     with pytest.raises(JobFailed, match="disappeared"):
-        watcher.run(launcher.build_job(_cfg()))
+        watcher.run(specs.build_job(_cfg()))
 
 
 def test_create_errors_other_than_conflict_propagate():
     api = FakeCustomObjectsApi([[]], create_error=ApiError(403, "Forbidden"))
     watcher, _ = _watcher(api)
     with pytest.raises(ApiError, match="403"):
-        watcher.run(launcher.build_job(_cfg()))
+        watcher.run(specs.build_job(_cfg()))
     assert api.gets == 0
 
 
 def test_launch_uses_the_given_api():
     api = FakeCustomObjectsApi([[_cond("Succeeded")]])
-    obj = launcher.launch(_cfg(), "pytorchjob", api=api, poll_s=0)
+    obj = cli.launch(_cfg(), "pytorchjob", api=api, poll_s=0)
     assert obj["status"]["conditions"][0]["type"] == "Succeeded"
     assert api.objects["beit3-pretrain-abc"]["kind"] == "PyTorchJob"
 
@@ -358,35 +360,35 @@ def test_launch_uses_the_given_api():
 
 
 def test_local_command_is_torchrun_standalone():
-    cmd = launcher.local_command(_cfg(nproc_per_node=2))
+    cmd = local.local_command(_cfg(nproc_per_node=2))
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert cmd[5:7] == ["-m", "beit3train.pretrain"] and cmd[7:] == list(_cfg().args)
 
 
 def _fake_local(monkeypatch, code):
-    monkeypatch.setattr(launcher, "local_command", lambda cfg: [sys.executable, "-c", code])
+    monkeypatch.setattr(local, "local_command", lambda cfg: [sys.executable, "-c", code])
 
 
 def test_local_success_failure_and_timeout(monkeypatch, tmp_path):
     marker = tmp_path / "ran"
     _fake_local(monkeypatch, f"import os; open({str(marker)!r}, 'w').write(os.environ['EXTRA'])")
-    launcher.run_local(_cfg(env=(("EXTRA", "yes"),)))
+    local.run_local(_cfg(env=(("EXTRA", "yes"),)))
     assert marker.read_text() == "yes"
 
     _fake_local(monkeypatch, "import sys; sys.exit(3)")
     with pytest.raises(JobFailed, match="status 3"):
-        launcher.run_local(_cfg())
+        local.run_local(_cfg())
 
     _fake_local(monkeypatch, "import time; time.sleep(60)")
     with pytest.raises(JobTimeout):
-        launcher.run_local(_cfg(), timeout_s=0.5)
+        local.run_local(_cfg(), timeout_s=0.5)
 
 
 # ------------------------------------------------------------------------------------------ CLI
 
 
 def test_cli_dry_run_prints_a_valid_job(capsys):
-    rc = launcher.main(
+    rc = cli.main(
         ["finetune", "--backend", "pytorchjob", "--dry-run", "--name", "ft-1", "--image", "reg/beit3:1", "--namespace", "ml", "--replicas", "2",
          "--gpus-per-node", "1", "--toleration", "dedicated=ml:NoSchedule", "--", "--task", "vqa"]
     )
@@ -403,11 +405,11 @@ def test_cli_reports_a_failed_job(monkeypatch, capsys):
     def fail(cfg, backend, **kw):
         raise JobFailed("PyTorchJob ml/x failed: OOMKilled: worker-0")
 
-    monkeypatch.setattr(launcher, "launch", fail)
-    assert launcher.main(["pretrain", "--namespace", "ml", "--", "--steps", "1"]) == 1
+    monkeypatch.setattr(cli, "launch", fail)
+    assert cli.main(["pretrain", "--namespace", "ml", "--", "--steps", "1"]) == 1
     assert "OOMKilled: worker-0" in capsys.readouterr().err
 
 
 def test_cli_bad_flag_value_is_a_user_error():
     with pytest.raises(UserError, match="--replicas 0"):
-        launcher.main(["pretrain", "--replicas", "0", "--dry-run"])
+        cli.main(["pretrain", "--replicas", "0", "--dry-run"])

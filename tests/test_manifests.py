@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from beit3ops import k8s_schema, launcher
+from beit3ops import k8s_schema
+from beit3ops.launch.config import S3_SECRET_KEYS, LaunchConfig
+from beit3ops.launch.specs import build_pytorchjob
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -82,9 +84,9 @@ def test_role_grants_exactly_the_job_verbs(rendered):
 def test_secret_is_a_template_with_the_keys_the_launcher_reads(rendered):
     _, objs = rendered
     (secret,) = by_kind(objs, "Secret")
-    assert secret["metadata"]["name"] == launcher.LaunchConfig().s3_secret
+    assert secret["metadata"]["name"] == LaunchConfig().s3_secret
     data = secret["stringData"]
-    assert set(launcher.S3_SECRET_KEYS) == set(data)
+    assert set(S3_SECRET_KEYS) == set(data)
     assert data["AWS_ACCESS_KEY_ID"].startswith("REPLACE_WITH") and data["AWS_SECRET_ACCESS_KEY"].startswith("REPLACE_WITH")
     # `kubectl apply -k ... -l 'beit3.io/template!=true'` leaves the template out (docs/kubeflow.md)
     assert secret["metadata"]["labels"]["beit3.io/template"] == "true"
@@ -118,7 +120,7 @@ def test_the_chain_rejects_a_typo(tmp_path):
     out = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, check=True)
     (cm,) = list(yaml.safe_load_all(out.stdout))
     assert "'lables' was unexpected" in validation_errors(cm)[0]
-    job = launcher.build_pytorchjob(launcher.LaunchConfig())
+    job = build_pytorchjob(LaunchConfig())
     job["spec"]["runPolicy"]["cleanPodPolicies"] = "All"
     assert any("'cleanPodPolicies' was unexpected" in e for e in validation_errors(job))
 

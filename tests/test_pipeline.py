@@ -120,7 +120,7 @@ def test_gpu_steps_request_gpus_with_placement_and_the_launcher_step_does_not(co
 def test_pipeline_parameters(compiled):
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    for name in ("dataset_uri", "dvc_repo", "dvc_rev", "model_size", "replicas", "gpus_per_replica", "tasks",
+    for name in ("dataset_uri", "dvc_repo", "dvc_rev", "arch", "replicas", "gpus_per_replica", "tasks",
                  "pretrained_model_uri", "launcher_backend"):
         assert name in params, name
     assert params["launcher_backend"]["defaultValue"] == "pytorchjob"

@@ -19,12 +19,12 @@ pytestmark = [
 
 TASKS = [
     {"task": "classification", "data": "tasks/classification",
-     "args": ["--recipe", "demo", "--steps", "2", "--batch-size", "4", "--eval-batch-size", "8",
+     "args": ["--arch", "beit3_tiny_patch8_64", "--steps", "2", "--batch-size", "4", "--eval-batch-size", "8",
               "--max-eval-examples", "8", "--no-progress"],
      "eval_args": ["--max-examples", "8", "--batch-size", "8", "--no-progress"],
      "require": ["acc1>=0"]},
     {"task": "retrieval", "data": "tasks/retrieval",
-     "args": ["--recipe", "demo", "--steps", "2", "--batch-size", "4", "--eval-batch-size", "8",
+     "args": ["--arch", "beit3_tiny_patch8_64", "--steps", "2", "--batch-size", "4", "--eval-batch-size", "8",
               "--max-eval-examples", "8", "--no-progress"],
      "eval_args": ["--max-examples", "8", "--batch-size", "8", "--no-progress"],
      "require": []},
@@ -69,7 +69,7 @@ def test_full_pipeline_runs_locally(s3_store, s3_prefix, tmp_path, local_runner)
         visual_patch_size=8,
         visual_epochs=1,
         visual_args=["--max-train-images", "48", "--batch-size", "16", "--no-progress"],
-        model_size="beit3_tiny_patch8_64",
+        arch="beit3_tiny_patch8_64",
         pretrain_steps=2,
         pretrain_args=["--batch-images", "2", "--batch-texts", "2", "--batch-pairs", "2", "--ckpt-every", "1"],
         launcher_backend="local",

@@ -18,8 +18,9 @@ from beit3core.data import formats
 from beit3core.errors import UserError
 
 MODEL = "beit3_tiny_patch8_64"
-SMALL = ("--model-override", "depth=2", "--model-override", "embed_dim=32", "--model-override", "num_heads=2",
-         "--model-override", "mlp_dim=64")  # the tiny config's grid, a smaller body: fast CPU tests
+SMALL = ("--model-overrides", "depth=2", "embed_dim=32", "num_heads=2",
+         "mlp_dim=64")  # the tiny config's grid, a smaller body: fast CPU tests
+RUN_WITH_HOOKS = os.path.join(os.path.dirname(__file__), "helpers", "run_with_hooks.py")
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPES = ["circle", "square", "star", "triangle"]
 
@@ -84,6 +85,7 @@ def build_inputs(root, n_images=24, n_texts=40, n_pairs=24):
     os.makedirs(os.path.join(vdir, "tokenizer"), exist_ok=True)
     with open(os.path.join(vdir, "tokenizer", "config.json"), "w") as f:
         json.dump({"model": {"img_size": 64, "patch_size": 8, "codebook_size": 16}}, f)
+    open(os.path.join(vdir, "tokenizer", "model.safetensors"), "wb").close()  # pretraining reads the config only
     for kind, (rows, codes) in visual.items():
         os.makedirs(os.path.join(vdir, "tokens", kind), exist_ok=True)
         np.savez(os.path.join(vdir, "tokens", kind, "train.npz"), ids=codes,
@@ -98,7 +100,7 @@ def inputs(tmp_path_factory):
 
 def argv_for(inputs, out, *extra, steps=4):
     return ["--data", inputs["data"], "--text-tokenizer", inputs["T"], "--visual-tokens", inputs["V"],
-            "--out", out, "--model", MODEL, "--steps", str(steps), "--batch-images", "3", "--batch-texts", "4",
+            "--out", out, "--arch", MODEL, "--steps", str(steps), "--batch-images", "3", "--batch-texts", "4",
             "--batch-pairs", "3", "--lr", "2e-3", "--warmup", "1", "--log-every", "1", "--ckpt-every", "2",
             "--num-workers", "0", "--device", "cpu", *SMALL, *extra]
 
@@ -189,15 +191,25 @@ def test_pretrain_user_errors(inputs, tmp_path):
     with pytest.raises(UserError, match="--steps"):
         main(argv_for(inputs, out, "--steps", "0"))
     with pytest.raises(UserError, match="visual tokens"):
-        main(argv_for(inputs, out, "--model", "beit3_tiny_patch16_224"))
-    with pytest.raises(UserError, match="tokenizer/config.json"):
+        main(argv_for(inputs, out, "--arch", "beit3_tiny_patch16_224"))
+    with pytest.raises(UserError, match="missing: no visual tokenizer found"):
         main(argv_for(inputs, out, "--visual-tokens", str(tmp_path / "missing")))
     with pytest.raises(UserError, match="mask ratio"):
         main(argv_for(inputs, out, "--image-mask-ratio", "1.5"))
     with pytest.raises(UserError, match="depthh"):
-        main(argv_for(inputs, out, "--model-override", "depthh=2"))
+        main(argv_for(inputs, out, "--model-overrides", "depthh=2"))
     with pytest.raises(UserError, match="expected a int"):
-        main(argv_for(inputs, out, "--model-override", "depth=two"))
+        main(argv_for(inputs, out, "--model-overrides", "depth=two"))
+
+
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["--data", "d"]], ids=["bad flag", "missing argument"])
+def test_pretrain_cli_mistakes_are_one_error_line(argv, capsys):
+    from beit3core.errors import run_main
+    from beit3train.pretrain import main
+
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
 
 
 def test_pretrain_on_s3(inputs, s3_prefix):
@@ -212,10 +224,9 @@ def test_pretrain_on_s3(inputs, s3_prefix):
     assert any("tfevents" in u for u in io.ls(io.join(out, "tb")))
 
 
-def _run(argv, env_extra=None, expect_kill=False):
-    env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "beit3train.pretrain", *argv], env=env, capture_output=True,
-                          text=True, timeout=300)
+def _run(argv, hooks=(), expect_kill=False):
+    command = [RUN_WITH_HOOKS, "pretrain", *hooks] if hooks else ["-m", "beit3train.pretrain"]
+    proc = subprocess.run([sys.executable, *command, *argv], capture_output=True, text=True, timeout=300)
     if expect_kill:
         assert proc.returncode == -9, proc.stderr[-3000:]
     else:
@@ -240,7 +251,7 @@ def test_exact_resume_after_kills(inputs, tmp_path):
     common = ("--num-workers", "2")
     assert main(argv_for(inputs, straight, *common)) == 0
 
-    _run(argv_for(inputs, broken, *common), {checkpointing.CRASH_ENV: "4:partial-file"}, expect_kill=True)
+    _run(argv_for(inputs, broken, *common), ["--kill-in-checkpoint", "4:partial-file"], expect_kill=True)
     assert checkpointing.latest_complete(broken).endswith("step-0000002")
     leftovers = os.listdir(os.path.join(broken, "checkpoints", "step-0000004"))
     assert len(leftovers) == 1 and checkpointing.TMP_MARK in leftovers[0]  # half a file, no COMPLETE
@@ -276,9 +287,9 @@ def _free_port():
 def test_torchrun_two_ranks_identical_weights(inputs, tmp_path):
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "beit3train.pretrain",
+           "--master_port", str(_free_port()), RUN_WITH_HOOKS, "pretrain", "--dump-weights", str(tmp_path / "dump"),
            *argv_for(inputs, out, "--num-workers", "1", steps=3)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BEIT3_TEST_DUMP_WEIGHTS": str(tmp_path / "dump")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     w0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)

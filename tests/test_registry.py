@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from beit3core.errors import UserError
-from beit3ops import registry
-from beit3ops.registry import RegistrationRefused, Requirement
+from beit3ops import model_registry
+from beit3ops.model_registry import RegistrationRefused, Requirement
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_requirement_parsing_and_checks():
 
 
 def test_flatten_metrics_unwraps_and_keeps_numbers_only():
-    flat = registry.flatten_metrics({"metrics": {"acc": 1, "r": {"i2t": {"r@1": 0.5}}, "ok": True, "name": "x"}})
+    flat = model_registry.flatten_metrics({"metrics": {"acc": 1, "r": {"i2t": {"r@1": 0.5}}, "ok": True, "name": "x"}})
     assert flat == {"acc": 1.0, "r.i2t.r@1": 0.5}
 
 
@@ -51,11 +51,11 @@ def test_missing_or_empty_metrics_are_refused(model_and_metrics, tmp_path):
     model, _ = model_and_metrics
     reg = f"local:{tmp_path / 'reg.json'}"
     with pytest.raises(RegistrationRefused, match="evaluation metrics not found"):
-        registry.register(model_uri=model, metrics_uri=str(tmp_path / "nope.json"), name="m", version="1", registry=reg)
+        model_registry.register(model_uri=model, metrics_uri=str(tmp_path / "nope.json"), name="m", version="1", registry=reg)
     empty = tmp_path / "empty.json"
     empty.write_text('{"task": "vqa"}')
     with pytest.raises(RegistrationRefused, match="no numeric evaluation metrics"):
-        registry.register(model_uri=model, metrics_uri=str(empty), name="m", version="1", registry=reg)
+        model_registry.register(model_uri=model, metrics_uri=str(empty), name="m", version="1", registry=reg)
     assert not (tmp_path / "reg.json").exists()
 
 
@@ -64,7 +64,7 @@ def test_thresholds_refuse_and_nothing_is_written(model_and_metrics, tmp_path):
     reg = tmp_path / "reg.json"
     reqs = [Requirement.parse("accuracy>=0.7"), Requirement.parse("bleu>=0.1")]
     with pytest.raises(RegistrationRefused) as info:
-        registry.register(model_uri=model, metrics_uri=metrics, name="m", version="1", registry=f"local:{reg}",
+        model_registry.register(model_uri=model, metrics_uri=metrics, name="m", version="1", registry=f"local:{reg}",
                           requirements=reqs)
     assert "accuracy=0.62 does not satisfy >=0.7" in str(info.value) and "'bleu' is missing" in str(info.value)
     assert not reg.exists()
@@ -73,7 +73,7 @@ def test_thresholds_refuse_and_nothing_is_written(model_and_metrics, tmp_path):
 def test_missing_model_is_a_user_error(model_and_metrics, tmp_path):
     _, metrics = model_and_metrics
     with pytest.raises(UserError, match="model not found"):
-        registry.register(model_uri=str(tmp_path / "none"), metrics_uri=metrics, name="m", version="1",
+        model_registry.register(model_uri=str(tmp_path / "none"), metrics_uri=metrics, name="m", version="1",
                           registry=f"local:{tmp_path / 'r.json'}")
 
 
@@ -83,37 +83,37 @@ def test_missing_model_is_a_user_error(model_and_metrics, tmp_path):
 def test_local_registry_records_lineage_and_lists(model_and_metrics, tmp_path, capsys):
     model, metrics = model_and_metrics
     reg = f"local:{tmp_path / 'registry' / 'models.json'}"
-    argv = ["--model", model, "--metrics", metrics, "--name", "beit3-vqa", "--version", "0.1.0-abcd1234",
+    argv = ["--model-dir", model, "--metrics", metrics, "--name", "beit3-vqa", "--version", "0.1.0-abcd1234",
             "--registry", reg, "--require", "accuracy>=0.6", "--dataset-version", "md5:feed", "--run-id", "abcd1234",
             "--task", "vqa"]
-    assert registry.main(argv) == 0
-    (entry,) = registry.LocalRegistry(str(tmp_path / "registry" / "models.json")).entries()
+    assert model_registry.main(argv) == 0
+    (entry,) = model_registry.LocalRegistry(str(tmp_path / "registry" / "models.json")).entries()
     assert entry["uri"] == model and entry["version"] == "0.1.0-abcd1234"
     assert entry["metrics"]["accuracy"] == pytest.approx(0.62) and entry["metrics"]["per_type.yes/no"] == 0.8
     assert entry["dataset_version"] == "md5:feed" and entry["run_id"] == "abcd1234" and entry["task"] == "vqa"
     assert entry["model_format"] == "pytorch" and entry["model_format_version"].startswith("2.")
     with pytest.raises(UserError, match="already registered"):
-        registry.main(argv)
+        model_registry.main(argv)
     capsys.readouterr()
-    assert registry.main(["list", "--registry", reg]) == 0
+    assert model_registry.main(["list", "--registry", reg]) == 0
     out = capsys.readouterr().out
     assert "beit3-vqa" in out and "0.1.0-abcd1234" in out and "accuracy=0.62" in out
 
 
 def test_list_of_an_empty_registry_and_bad_addresses(tmp_path, capsys):
-    assert registry.main(["list", "--registry", f"local:{tmp_path / 'none.json'}"]) == 0
+    assert model_registry.main(["list", "--registry", f"local:{tmp_path / 'none.json'}"]) == 0
     assert "no registered models" in capsys.readouterr().out
     with pytest.raises(UserError, match="expected local:PATH"):
-        registry.open_registry("mlflow:http://x")
+        model_registry.open_registry("mlflow:http://x")
     with pytest.raises(UserError, match="must start with http"):
-        registry.open_registry("kubeflow:model-registry-service:8080")
+        model_registry.open_registry("kubeflow:model-registry-service:8080")
 
 
 def test_local_registry_on_s3(s3_store, model_and_metrics):
     model, metrics = model_and_metrics
     uri = f"s3://{s3_store['bucket']}/registry/test_registry/models.json"
-    registry.register(model_uri=model, metrics_uri=metrics, name="m", version="s3-1", registry=f"local:{uri}")
-    assert [e["version"] for e in registry.LocalRegistry(uri).entries()] == ["s3-1"]
+    model_registry.register(model_uri=model, metrics_uri=metrics, name="m", version="s3-1", registry=f"local:{uri}")
+    assert [e["version"] for e in model_registry.LocalRegistry(uri).entries()] == ["s3-1"]
 
 
 # ------------------------------------------------------------------------------------------ Kubeflow Model Registry
@@ -211,7 +211,7 @@ def test_kubeflow_registry_records_the_model_with_lineage(fake_registry, model_a
     model, metrics = model_and_metrics
     monkeypatch.setenv("MODEL_REGISTRY_TOKEN", "t0ken")
     monkeypatch.setenv("NAMESPACE", "team-ml")
-    record = registry.register(
+    record = model_registry.register(
         model_uri=model, metrics_uri=metrics, name="beit3-vqa", version="0.1.0-run1", registry=f"kubeflow:{url}",
         requirements=[Requirement.parse("accuracy>=0.6")], dataset_version="md5:feed", run_id="run1",
         run_name="full-pipeline-run1", task="vqa",
@@ -231,10 +231,10 @@ def test_kubeflow_registry_records_the_model_with_lineage(fake_registry, model_a
 
     # the same (name, version) again is a user error, not a second version
     with pytest.raises(UserError, match="already exists"):
-        registry.register(model_uri=model, metrics_uri=metrics, name="beit3-vqa", version="0.1.0-run1",
+        model_registry.register(model_uri=model, metrics_uri=metrics, name="beit3-vqa", version="0.1.0-run1",
                           registry=f"kubeflow:{url}")
     assert len(db["mv"]) == 1
-    entries = registry.open_registry(f"kubeflow:{url}").entries()
+    entries = model_registry.open_registry(f"kubeflow:{url}").entries()
     assert [(e["name"], e["version"], e["uri"]) for e in entries] == [("beit3-vqa", "0.1.0-run1", model)]
 
 
@@ -242,6 +242,6 @@ def test_kubeflow_registry_refusal_never_contacts_the_server(fake_registry, mode
     url, db = fake_registry
     model, metrics = model_and_metrics
     with pytest.raises(RegistrationRefused):
-        registry.register(model_uri=model, metrics_uri=metrics, name="m", version="1", registry=f"kubeflow:{url}",
+        model_registry.register(model_uri=model, metrics_uri=metrics, name="m", version="1", registry=f"kubeflow:{url}",
                           requirements=[Requirement.parse("accuracy>=0.99")])
     assert db["auth"] == [] and db["rm"] == {}

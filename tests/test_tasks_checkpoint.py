@@ -1,24 +1,21 @@
 """Released (microsoft/unilm) checkpoint layouts load strictly into the task models: every backbone key maps
-to `backbone.*` and every head key (beit3.md section 5) matches a head parameter by name and shape."""
+to `backbone.*` and every head key (beit3.md section 5) matches a head parameter by name and shape. The
+task-model folder (beit3core.task_checkpoint) round-trips, and each kind of `--init` is told apart."""
 
 import pytest
 import torch
 
-from beit3core.checkpoint import load_pretrained
+from beit3core.checkpoint import load_pretrained, save_model
+from beit3core.errors import UserError
 from beit3core.factory import create_model
-from beit3core.tasks import build_task_model
+from beit3core.task_checkpoint import build_task_model_for_init, init_kind, load_task_model, save_task_model, task_meta
+from beit3core.tasks import build_task_model, settings_for
 from released_layout import released_backbone
 
 D, FFN, DEPTH, VOCAB, GRID, PATCH = 32, 64, 2, 60, 4, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread avoids spin contention and is several times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def released_heads(task: str, n: int, g: torch.Generator) -> dict:
@@ -38,6 +35,11 @@ def released_heads(task: str, n: int, g: torch.Generator) -> dict:
     }[task]
 
 
+def tiny_backbone(**overrides):
+    return create_model("beit3_tiny_patch16_224", depth=DEPTH, embed_dim=D, num_heads=4, mlp_dim=FFN,
+                        img_size=GRID * PATCH, patch_size=PATCH, vocab_size=VOCAB, **overrides)
+
+
 # released normalize_output: False for the in1k and VQA models, True for the others
 CASES = [("classification", False, 7), ("vqa", False, 11), ("nlvr2", True, 2), ("captioning", True, 0),
          ("retrieval", True, 0)]
@@ -52,9 +54,7 @@ def test_released_layout_loads_strictly(tmp_path, task, final_norm, n):
     path = tmp_path / f"{task}.pth"
     torch.save({"model": sd}, path)
     header = {"labels": [f"c{i}" for i in range(n)], "answers": [f"a{i}" for i in range(n)]}
-    backbone = create_model("beit3_tiny_patch16_224", depth=DEPTH, embed_dim=D, num_heads=4, mlp_dim=FFN,
-                            img_size=GRID * PATCH, patch_size=PATCH, vocab_size=VOCAB, normalize_output=final_norm)
-    model = build_task_model(task, backbone, header)
+    model = build_task_model(task, tiny_backbone(normalize_output=final_norm), header, settings_for(task))
     report = load_pretrained(model, str(path), strict=True)  # raises on any missing / unexpected / mismatched key
     assert not report.missing and not report.unexpected
     state = model.state_dict()
@@ -62,3 +62,32 @@ def test_released_layout_loads_strictly(tmp_path, task, final_norm, n):
         torch.testing.assert_close(state[key], value.reshape(state[key].shape), rtol=0, atol=0)
     # the head keys are exactly the task model's non-backbone keys
     assert set(heads) == {k for k in state if not k.startswith("backbone.")}
+
+
+def test_task_model_folder_round_trips_and_init_kinds_are_told_apart(tmp_path):
+    torch.manual_seed(0)
+    settings = settings_for("vqa", arch="beit3_tiny_patch16_224", img_size=GRID * PATCH)
+    header = {"name": "toy", "answers": ["a0", "a1", "a2"]}
+    model = build_task_model("vqa", tiny_backbone(normalize_output=False), header, settings)
+    folder, backbone, official = str(tmp_path / "ft"), str(tmp_path / "bb"), tmp_path / "x.pth"
+    save_task_model(model, folder, task_meta("vqa", settings, header))
+    save_model(model.backbone, backbone)
+    torch.save({"model": {}}, official)
+
+    loaded, meta = load_task_model(folder, "vqa")
+    assert meta["settings"] == settings and meta["answers"] == header["answers"] and meta["dataset"] == "toy"
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    with pytest.raises(UserError, match="field 'task'"):
+        load_task_model(folder, "nlvr2")
+    with pytest.raises(UserError, match="not a `beit3 finetune` model folder"):
+        load_task_model(backbone)
+
+    kinds = [init_kind(u) for u in ("random", folder, backbone, str(official))]
+    assert kinds == ["random", "task_model", "backbone", "official"]
+    with pytest.raises(UserError, match="--init"):
+        init_kind(str(tmp_path / "missing"))
+    # a fine-tuned folder as --init brings its heads along
+    again, info = build_task_model_for_init("vqa", settings, header, folder, vocab_size=VOCAB)
+    assert info["init_kind"] == "native" and info["missing"] == 0
+    torch.testing.assert_close(again.state_dict()["head.3.weight"], model.state_dict()["head.3.weight"])

@@ -22,13 +22,7 @@ from beit3core.tasks.retrieval import RetrievalModel, contrastive_loss
 from beit3core.tasks.vqa import VQAModel, soft_targets, vqa_loss, vqa_scores
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread avoids spin contention and is several times faster here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,18 @@
-"""The HTML report (self-contained, escaped) and the pretrained-vs-random comparison table."""
+"""The metrics document, the HTML report (self-contained, escaped) and the pretrained-vs-random comparison table."""
 
 import json
 
-from beit3core.tasks.report import compare_inits, render_report, write_comparison
+from beit3core.tasks.report import compare_inits, metrics_document, render_report, write_comparison
+
+
+def test_metrics_document_puts_metrics_on_top_and_names_the_task_s_selection_metric(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"kind": "retrieval"}))
+    doc = metrics_document("retrieval", "val", {"average_score": 40.123456, "num_texts": 12}, str(tmp_path))
+    assert doc["average_score"] == 40.1235 and doc["num_texts"] == 12
+    assert (doc["selection_key"], doc["selection_value"]) == ("average_score", 40.1235)
+    assert (doc["task"], doc["split"], doc["data"]) == ("retrieval", "val", str(tmp_path))
+    assert doc["dataset_version"]  # the fingerprint of dataset.json
+    assert metrics_document("vqa", "val", {"vqa_score": 1.0}, str(tmp_path / "gone"))["dataset_version"] is None
 
 
 def test_report_inlines_images_and_escapes_text(tmp_path):

@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from beit3core.tokenizers.cli import main
+from beit3core.errors import run_main
+from beit3core.tokenizers import cli
+
+
+def main(argv: list[str]) -> int:
+    """`beit3 tokenize ARGV` as the command runs it: a user mistake is exit status 2."""
+    return run_main(cli.main, argv)
 
 
 @pytest.fixture(scope="module")

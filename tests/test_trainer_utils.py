@@ -3,9 +3,11 @@ capture, metrics files, distributed helpers in a single process."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from torch import nn
 
 from beit3core import io
 from beit3core.errors import UserError
-from beit3train import checkpointing, distributed, metrics, optim
+from beit3train import checkpointing, config, distributed, metrics, optim, runtime
 
 
 class TinyBackbone(nn.Module):
@@ -205,5 +207,61 @@ def test_distributed_single_process_defaults(monkeypatch):
     assert distributed.broadcast_object({"a": 1}) == {"a": 1}
     assert distributed.all_gather_object(5) == [5]
     m = nn.Linear(2, 2)
-    assert distributed.unwrap_model(m) is m
+    assert runtime.wrap_model(m, info, fsdp="on") == (m, False)  # one process: nothing to wrap or shard
     assert math.isclose(float(distributed.all_reduce_sum(torch.tensor(2.5))), 2.5)
+
+
+def test_full_state_roundtrip_with_parameters_that_never_had_a_gradient():
+    model = TinyBackbone()
+    opt = optim.build_optimizer(optim.build_param_groups(model, 0.05), lr=1e-3)
+    model.head(model.norm(torch.ones(1, 8))).sum().backward()  # the layers and embeddings get no gradient
+    opt.step()
+    model_sd, optim_sd = copy.deepcopy(checkpointing.full_state(model, opt))
+    fresh = TinyBackbone()
+    fresh_opt = optim.build_optimizer(optim.build_param_groups(fresh, 0.05), lr=1e-3)
+    checkpointing.load_full_state(fresh, fresh_opt, model_sd, optim_sd)
+    assert fresh_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    assert all(p.requires_grad for p in fresh.parameters())
+
+
+@dataclass(frozen=True)
+class _Config:
+    name: str = config.setting(help="a required flag")
+    lr: float = config.setting(0.1, "learning rate", exact=True)
+    betas: tuple[float, float] = config.setting((0.9, 0.99), "betas", exact=True)
+    items: tuple[str, ...] = config.setting((), "any number of items")
+    warmup: int | None = config.setting(None, "optional")
+    switch: bool = config.setting(False, "on or off")
+    mode: str = config.setting("a", "a choice", choices=("a", "b"))
+
+
+def test_parser_generated_from_config_fields():
+    parser = config.make_parser(_Config, "prog", "a config")
+
+    def parse(*argv):
+        return config.config_from(_Config, vars(parser.parse_args(list(argv))))
+
+    assert parse("--name", "n") == _Config(name="n")
+    assert parse("--name", "n", "--lr", "0.5", "--betas", "0.8", "0.9", "--items", "a", "b", "--warmup", "3",
+                 "--switch", "--mode", "b") == _Config("n", 0.5, (0.8, 0.9), ("a", "b"), 3, True, "b")
+    assert parse("--name", "n", "--no-switch").switch is False
+    with pytest.raises(UserError, match="--name"):
+        parser.parse_args([])
+    with pytest.raises(UserError, match="--mode"):
+        parser.parse_args(["--name", "n", "--mode", "c"])
+    with pytest.raises(UserError, match="--lr"):
+        parser.parse_args(["--name", "n", "--lr", "fast"])
+
+
+def test_resume_refuses_what_breaks_exactness_and_logs_the_rest(caplog):
+    saved = asdict(_Config(name="a"))
+    with caplog.at_level("WARNING"):
+        checkpointing.check_settings("ckpt", saved, _Config(name="b", items=("x",)), 1, 1)
+    assert "--name b --items x (was --name a --items ())" in caplog.text
+    refused = "written with --lr 0.1 --betas 0.9 0.99; this job has --lr 0.2 --betas 0.8 0.99"
+    with pytest.raises(UserError, match=refused):
+        checkpointing.check_settings("ckpt", saved, _Config(name="a", lr=0.2, betas=(0.8, 0.99)), 1, 1)
+    with pytest.raises(UserError, match="written by 2 process"):
+        checkpointing.check_settings("ckpt", saved, _Config(name="a"), 2, 1)

@@ -36,7 +36,7 @@ from beit3core.data.reading import (
 
 _LAZY = {
     "synthesize": "beit3core.data.synth",
-    "validate": "beit3core.data.validate",
+    "validate": "beit3core.data.validation",
     "import_dataset": "beit3core.data.importers",
 }
 

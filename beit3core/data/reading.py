@@ -12,6 +12,8 @@ import random
 import threading
 from collections.abc import Iterator
 
+from PIL import Image, UnidentifiedImageError
+
 from beit3core import io
 from beit3core.data import formats
 from beit3core.data.shards import ShardReader, iter_tar
@@ -78,8 +80,6 @@ def image_bytes(uri: str, ref: str) -> bytes:
 
 def decode_image(data: bytes, where: str = "image"):
     """Decode image bytes into an RGB PIL image."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         img = Image.open(_pyio.BytesIO(data))
         img.load()

@@ -28,6 +28,7 @@ import os
 import random
 from dataclasses import dataclass
 
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from beit3core.data import formats
@@ -141,8 +142,6 @@ def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, floa
 
 def render(scene: Scene, rng: random.Random, size: int) -> bytes:
     """JPEG bytes of a scene (drawn at 4x and reduced, for smooth edges)."""
-    from PIL import Image, ImageDraw
-
     big = size * 4
     bg = tuple(230 + rng.randint(-10, 10) for _ in range(3))
     img = Image.new("RGB", (big, big), bg)

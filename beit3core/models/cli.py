@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
 
-from beit3core.errors import UserError
+from beit3core.errors import ArgumentParser, UserError, run_main
+from beit3core.factory import create_model
+from beit3core.models import list_models
+from beit3core.models.counting import count_parameters
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="beit3 models", description=__doc__)
+    parser = ArgumentParser(prog="beit3 models", description=__doc__)
     parser.add_argument("names", nargs="*", help="model names or glob patterns (default: all)")
     parser.add_argument("--layout", choices=["paper", "unilm"], help="count with this layout instead of the default")
     args = parser.parse_args(argv)
-
-    from beit3core import count_parameters, create_model, list_models
 
     names = sorted({n for pattern in (args.names or ["*"]) for n in list_models(pattern)})
     if not names:
@@ -31,8 +32,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from beit3core.errors import run_main
-
-    sys.exit(run_main(main, sys.argv[1:]))
+    sys.exit(run_main(main, None))

@@ -28,9 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from beit3core import io
+from beit3core import data, io
+from beit3core.data import formats
 from beit3core.errors import UserError
 from beit3core.pretrain.text_masking import IGNORE, mask_text
+from beit3core.tokenizers import BlockMaskGenerator
+from beit3core.tokenizers.visual import image_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +89,6 @@ def _concat_text(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 def load_stream(name: str, data_uri: str, text_tokens: str, visual_tokens: str, split: str,
                 dataset_paths: list[str]) -> Stream:
     """Join the rows of `dataset_paths` (relative to `data_uri`) with their text and visual token ids."""
-    from beit3core import data
-
     stream = Stream(name)
     index, texts, visuals = [], [], []
     for d, rel in enumerate(dataset_paths):
@@ -125,9 +126,6 @@ def load_stream(name: str, data_uri: str, text_tokens: str, visual_tokens: str, 
 
 def find_stream_datasets(data_uri: str) -> dict[str, list[str]]:
     """Relative paths of the datasets of each stream in a validated collection."""
-    from beit3core import data
-    from beit3core.data import formats
-
     found: dict[str, list[str]] = {s: [] for s in STREAM_KINDS}
     by_kind = {kind: stream for stream, kind in STREAM_KINDS.items()}
     for rel in formats.find_datasets(data_uri):
@@ -171,10 +169,6 @@ class MixedBatches(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self._perms: dict[tuple[str, int], np.ndarray] = {}
         self._block_mask = None
-        if {"images", "pairs"} & set(self.streams):
-            # Imported here, before DataLoader workers fork, so each worker does not import them again.
-            import beit3core.data  # noqa: F401
-            import beit3core.tokenizers.visual  # noqa: F401
 
     # -- order
     def _permutation(self, name: str, epoch: int) -> np.ndarray:
@@ -200,9 +194,6 @@ class MixedBatches(IterableDataset):
     # -- samples
     def image(self, stream: Stream, row: int) -> torch.Tensor:
         """Row `row` of `stream` as uint8 (3, H, W), resized as the visual tokenizer resized it."""
-        from beit3core import data
-        from beit3core.tokenizers.visual import image_to_uint8
-
         uri = stream.datasets[stream.dataset_index[row]]
         ref = stream.image_refs[row]
         img = data.decode_image(data.image_bytes(uri, ref), f"{uri}/{ref}")
@@ -210,8 +201,6 @@ class MixedBatches(IterableDataset):
 
     def _image_mask(self, rng: np.random.Generator) -> np.ndarray:
         if self._block_mask is None:
-            from beit3core.tokenizers import BlockMaskGenerator
-
             g = self.masking.grid
             count = int(round(self.masking.image_ratio * g * g))
             self._block_mask = BlockMaskGenerator((g, g), count, min_num=min(_min_block(g * g), max(count, 1)))

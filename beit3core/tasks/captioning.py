@@ -12,12 +12,22 @@ next token.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, backbone_vocab_size, init_head_weights
+from beit3core.models import Beit3KVCache
+from beit3core.tasks.beam_search import beam_search
+from beit3core.tasks.common import backbone_dim, backbone_vocab_size, eval_outputs, init_head_weights
+from beit3core.tasks.data import Collator, unique_images
+from beit3core.tasks.metrics import bleu4, cider_d
+
+NAME = "captioning"
+SELECTION_METRIC = "cider"
+METRICS = ("bleu4", "cider")
 
 
 class CaptioningModel(nn.Module):
@@ -91,7 +101,19 @@ def captioning_loss(
     return losses.mean()
 
 
-def train_loss(model: CaptioningModel, batch: dict, ctx) -> torch.Tensor:
+def build(backbone: nn.Module, header: dict, settings) -> CaptioningModel:
+    return CaptioningModel(backbone)
+
+
+def targets(rows: list[dict], vocab_index: dict[str, int]) -> dict:
+    return {}  # the caption's own ids, masked at training time (`loss`)
+
+
+def collator(tokenizer, max_len: int, header: dict) -> Collator:
+    return Collator(tokenizer, max_len, text_field="caption", targets=targets)
+
+
+def loss(model: CaptioningModel, batch: dict, ctx) -> torch.Tensor:
     s = ctx.settings
     ids, pad = batch["text_ids"], batch["text_padding_mask"]
     masked, positions = mask_captions(ids.cpu(), pad.cpu(), mask_id=ctx.mask_id, vocab_size=ctx.vocab_size,
@@ -104,12 +126,8 @@ def train_loss(model: CaptioningModel, batch: dict, ctx) -> torch.Tensor:
 
 def _kv_cache_class(backbone: nn.Module):
     """The backbone's key/value cache type when its forward takes `kv_cache=`, else None."""
-    import inspect
-
     if "kv_cache" not in inspect.signature(backbone.forward).parameters:
         return None
-    from beit3core.models import Beit3KVCache
-
     return Beit3KVCache
 
 
@@ -124,8 +142,6 @@ def generate(model: CaptioningModel, images: torch.Tensor, *, bos_id: int, eos_i
     released incremental decoder, which feeds [prev_token, <mask>] against a key/value cache; that path is
     taken when the backbone accepts `kv_cache=` (beit3core.models.Beit3KVCache) and `use_cache` is set.
     """
-    from beit3core.tasks.beam_search import beam_search
-
     expanded = images.repeat_interleave(num_beams, dim=0)
     blocked = torch.tensor(sorted({bos_id, mask_id, *banned}), device=images.device)
     cache_cls = _kv_cache_class(model.backbone) if use_cache else None
@@ -155,26 +171,20 @@ def generate(model: CaptioningModel, images: torch.Tensor, *, bos_id: int, eos_i
 
 @torch.no_grad()
 def evaluate(model: CaptioningModel, ev) -> tuple[dict, list[dict]]:
-    from tqdm import tqdm
-
-    from beit3core.tasks.common import to_device
-    from beit3core.tasks.data import Collator, eval_loader, unique_images
-    from beit3core.tasks.metrics import bleu4, cider_d
-
     images, owner = unique_images(ev.rows)
     refs: list[list[str]] = [[] for _ in images]
     for row, i in zip(ev.rows, owner.tolist()):
         refs[i].append(row["caption"])
     s, tok = ev.settings, ev.tokenizer
-    loader = eval_loader("captioning", ev.uri, images, Collator("images", None, 0), img_size=s.img_size,
-                         batch_size=s.eval_batch_size, fields=("image",))
-    hyps: list[str] = []
-    for batch in tqdm(loader, desc="eval captioning (beam search)", disable=not ev.progress):
-        batch = to_device(batch, ev.device)
-        out = generate(model, batch["image"], bos_id=tok.bos_id, eos_id=tok.eos_id, mask_id=tok.mask_id,
-                       banned=(tok.pad_id,), num_beams=s.num_beams, max_len=s.max_len,
-                       length_penalty=s.length_penalty)
-        hyps.extend(tok.decode(ids) for ids in out)
+
+    def captions(batch: dict) -> list[list[int]]:
+        return generate(model, batch["image"], bos_id=tok.bos_id, eos_id=tok.eos_id, mask_id=tok.mask_id,
+                        banned=(tok.pad_id,), num_beams=s.num_beams, max_len=s.max_len,
+                        length_penalty=s.length_penalty)
+
+    batches = eval_outputs(NAME, ev, Collator(), captions, rows=images, fields=("image",),
+                           desc="eval captioning (beam search)")
+    hyps = [tok.decode(ids) for _, out in batches for ids in out]
     metrics = {"bleu4": 100.0 * bleu4(hyps, refs), "cider": 100.0 * cider_d(hyps, refs),
                "num_images": len(images)}
     samples = [{"images": [images[i]["image"]], "lines": [("generated", hyps[i])] +

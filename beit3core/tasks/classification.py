@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, init_head_weights, scale_linear_
+from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights, need, scale_linear_
+from beit3core.tasks.data import Collator
+from beit3core.tasks.metrics import topk_accuracy
+
+NAME = "classification"
+SELECTION_METRIC = "acc1"
+METRICS = ("acc1", "acc5")
 
 
 class ClassificationModel(nn.Module):
@@ -39,27 +45,29 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smooth
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-def train_loss(model: ClassificationModel, batch: dict, ctx) -> torch.Tensor:
+def build(backbone: nn.Module, header: dict, settings) -> ClassificationModel:
+    return ClassificationModel(backbone, len(need(header, "labels")), settings.head_init_scale)
+
+
+def targets(rows: list[dict], label_index: dict[str, int]) -> dict:
+    return {"labels": torch.tensor([label_index[r["label"]] for r in rows], dtype=torch.long)}
+
+
+def collator(tokenizer, max_len: int, header: dict) -> Collator:
+    return Collator(tokenizer, max_len, targets=targets, vocab=header.get("labels"))
+
+
+def loss(model: ClassificationModel, batch: dict, ctx) -> torch.Tensor:
     target = batch["soft_labels"] if "soft_labels" in batch else batch["labels"]
     return classification_loss(model(batch["image"]), target, ctx.settings.label_smoothing)
 
 
 @torch.no_grad()
 def evaluate(model: ClassificationModel, ev) -> tuple[dict, list[dict]]:
-    from tqdm import tqdm
-
-    from beit3core.tasks.common import to_device
-    from beit3core.tasks.data import Collator, eval_loader
-    from beit3core.tasks.metrics import topk_accuracy
-
     labels = ev.header["labels"]
-    collate = Collator("classification", ev.tokenizer, ev.settings.max_len, labels=labels)
-    loader = eval_loader("classification", ev.uri, ev.rows, collate, img_size=ev.settings.img_size,
-                         batch_size=ev.settings.eval_batch_size)
     all_logits, all_labels, samples = [], [], []
-    for batch in tqdm(loader, desc="eval classification", disable=not ev.progress):
-        batch = to_device(batch, ev.device)
-        logits = model(batch["image"]).float().cpu()
+    for batch, logits in eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
+                                      lambda b: model(b["image"]).float().cpu()):
         all_logits.append(logits)
         all_labels.append(batch["labels"].cpu())
         for row, pred, gold in zip(batch["rows"], logits.argmax(1).tolist(), batch["labels"].tolist()):

@@ -1,4 +1,5 @@
-"""Pieces shared by the five task heads: the backbone width, the released head initialisation, pooling.
+"""Pieces shared by the five tasks: the backbone width, the released head initialisation, the contexts a task's
+`loss` and `evaluate` get, and the evaluation loop (`eval_outputs`).
 
 The released task models (microsoft/unilm `beit3/modeling_finetune.py`) re-initialise every Linear with
 trunc_normal(std 0.02) and zero bias, and every LayerNorm with weight 1 and bias 0; some heads are then scaled
@@ -7,8 +8,14 @@ by 0.001 so that fine-tuning starts from (almost) zero logits.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import nn
+from tqdm import tqdm
+
+from beit3core.errors import UserError
+from beit3core.tasks.data import Collator, eval_loader
 
 
 def backbone_dim(backbone: nn.Module) -> int:
@@ -19,6 +26,13 @@ def backbone_dim(backbone: nn.Module) -> int:
         if isinstance(value, int):
             return value
     raise TypeError(f"cannot read the hidden width from {type(backbone).__name__}.config")
+
+
+def need(header: dict, key: str) -> list:
+    """A vocabulary the task's head is sized by (dataset.json `labels` / `answers`)."""
+    if not header.get(key):
+        raise UserError(f"dataset.json: field {key!r}: missing or empty")
+    return header[key]
 
 
 def backbone_vocab_size(backbone: nn.Module) -> int:
@@ -48,7 +62,7 @@ def scale_linear_(layer: nn.Linear, scale: float) -> None:
 
 
 class StepContext:
-    """What a task's `train_loss` may need besides the batch (set by the trainer every step)."""
+    """What a task's `loss` may need besides the batch (set by the trainer every step)."""
 
     def __init__(self, *, settings, step: int = 0, rng=None, gather=None, rank: int = 0, mask_id: int | None = None,
                  vocab_size: int | None = None):
@@ -67,3 +81,15 @@ class EvalContext:
 
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def eval_outputs(task: str, ev: EvalContext, collate: Collator, forward: Callable[[dict], object], *,
+                 rows: list[dict] | None = None, fields: tuple[str, ...] | None = None,
+                 desc: str | None = None) -> Iterator[tuple[dict, object]]:
+    """(batch on ev.device, forward(batch)) for each evaluation batch of `rows` (default ev.rows), in order."""
+    loader = eval_loader(task, ev.uri, ev.rows if rows is None else rows, collate, img_size=ev.settings.img_size,
+                         batch_size=ev.settings.eval_batch_size, fields=fields)
+    for batch in tqdm(loader, desc=desc or f"eval {task}", disable=not ev.progress):
+        batch = to_device(batch, ev.device)
+        yield batch, forward(batch)

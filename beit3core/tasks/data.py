@@ -19,13 +19,11 @@ from torchvision import transforms as T
 
 from beit3core import data
 from beit3core.errors import UserError
-from beit3core.tasks.vqa import soft_targets
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-TEXT_FIELD = {"vqa": "question", "nlvr2": "sentence", "retrieval": "caption", "captioning": "caption"}
 
 
 def image_transform(task: str, img_size: int, train: bool, *, hflip: bool = True,
@@ -82,17 +80,17 @@ def unique_images(rows: list[dict]) -> tuple[list[dict], torch.Tensor]:
 
 @dataclass
 class Collator:
-    """Stacks images, tokenises the text field and builds the task's targets."""
+    """Stacks the images, tokenises the row field `text_field` and adds the task's `targets(rows, vocab_index)`
+    (each task module's `collator` fills these in; `Collator()` batches images only)."""
 
-    task: str
-    tokenizer: object
-    max_len: int
-    labels: list[str] | None = None  # classification label names
-    answers: list[str] | None = None  # vqa answer vocabulary
+    tokenizer: object = None
+    max_len: int = 0
+    text_field: str | None = None
+    targets: Callable[[list[dict], dict[str, int]], dict] | None = None
+    vocab: list[str] | None = None  # the names the targets index: classification labels, vqa answers
 
     def __post_init__(self):
-        self.label_index = {n: i for i, n in enumerate(self.labels or [])}
-        self.answer_index = {a: i for i, a in enumerate(self.answers or [])}
+        self.vocab_index = {n: i for i, n in enumerate(self.vocab or [])}
 
     def __call__(self, items: list[dict]) -> dict:
         rows = [it["row"] for it in items]
@@ -100,20 +98,11 @@ class Collator:
         for key in items[0]:
             if key != "row":
                 batch[key] = torch.stack([it[key] for it in items])
-        text_field = TEXT_FIELD.get(self.task)
-        if text_field:
+        if self.text_field:
             batch["text_ids"], batch["text_padding_mask"] = self.tokenizer.encode_batch(
-                [str(r[text_field]) for r in rows], self.max_len)
-        if self.task == "classification":
-            batch["labels"] = torch.tensor([self.label_index[r["label"]] for r in rows], dtype=torch.long)
-        elif self.task == "nlvr2":
-            batch["labels"] = torch.tensor([int(bool(r["label"])) for r in rows], dtype=torch.long)
-        elif self.task == "vqa":
-            targets = torch.zeros(len(rows), len(self.answer_index))
-            for i, r in enumerate(rows):
-                for a, s in soft_targets(r["answers"], self.answer_index).items():
-                    targets[i, a] = s
-            batch["targets"] = targets
+                [str(r[self.text_field]) for r in rows], self.max_len)
+        if self.targets is not None:
+            batch.update(self.targets(rows, self.vocab_index))
         return batch
 
 

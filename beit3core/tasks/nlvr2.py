@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, init_head_weights, scale_linear_
+from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights, scale_linear_
+from beit3core.tasks.data import Collator
+
+NAME = "nlvr2"
+SELECTION_METRIC = "acc"
+METRICS = ("acc",)
 
 
 class TwoLayerMLP(nn.Module):
@@ -60,25 +65,31 @@ def nlvr2_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def train_loss(model: NLVR2Model, batch: dict, ctx) -> torch.Tensor:
-    logits = model(batch["image_left"], batch["image_right"], batch["text_ids"], batch["text_padding_mask"])
-    return nlvr2_loss(logits, batch["labels"])
+def build(backbone: nn.Module, header: dict, settings) -> NLVR2Model:
+    return NLVR2Model(backbone, head_init_scale=settings.head_init_scale)
+
+
+def targets(rows: list[dict], vocab_index: dict[str, int]) -> dict:
+    return {"labels": torch.tensor([int(bool(r["label"])) for r in rows], dtype=torch.long)}
+
+
+def collator(tokenizer, max_len: int, header: dict) -> Collator:
+    return Collator(tokenizer, max_len, text_field="sentence", targets=targets)
+
+
+def _logits(model: NLVR2Model, batch: dict) -> torch.Tensor:
+    return model(batch["image_left"], batch["image_right"], batch["text_ids"], batch["text_padding_mask"])
+
+
+def loss(model: NLVR2Model, batch: dict, ctx) -> torch.Tensor:
+    return nlvr2_loss(_logits(model, batch), batch["labels"])
 
 
 @torch.no_grad()
 def evaluate(model: NLVR2Model, ev) -> tuple[dict, list[dict]]:
-    from tqdm import tqdm
-
-    from beit3core.tasks.common import to_device
-    from beit3core.tasks.data import Collator, eval_loader
-
-    collate = Collator("nlvr2", ev.tokenizer, ev.settings.max_len)
-    loader = eval_loader("nlvr2", ev.uri, ev.rows, collate, img_size=ev.settings.img_size,
-                         batch_size=ev.settings.eval_batch_size)
     correct, samples = 0, []
-    for batch in tqdm(loader, desc="eval nlvr2", disable=not ev.progress):
-        batch = to_device(batch, ev.device)
-        logits = model(batch["image_left"], batch["image_right"], batch["text_ids"], batch["text_padding_mask"])
+    for batch, logits in eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
+                                      lambda b: _logits(model, b)):
         preds = logits.argmax(1)
         correct += int((preds == batch["labels"]).sum())
         for row, pred, gold in zip(batch["rows"], preds.tolist(), batch["labels"].tolist()):

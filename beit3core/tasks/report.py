@@ -1,4 +1,5 @@
-"""Self-contained HTML reports of an evaluation (images inlined as base64) and the init comparison table.
+"""The documents an evaluation writes: metrics.json (`metrics_document`), a self-contained HTML report (images
+inlined as base64) and the init comparison table.
 
 `write_report` shows the metrics and a grid of sample predictions: each sample's images with its text lines
 (question / answer / prediction, retrieved captions, generated caption and references), green when right,
@@ -12,7 +13,8 @@ import base64
 import html
 import logging
 
-from beit3core import io
+from beit3core import data, io
+from beit3core.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ def _sniff_mime(data: bytes) -> str:
 
 
 def _img_tag(data_uri: str, ref: str) -> str:
-    from beit3core import data
-
     try:
         raw = data.image_bytes(data_uri, ref)
     except Exception as e:  # noqa: BLE001 - a report with a missing image is still a report
@@ -101,4 +101,17 @@ def write_comparison(pretrained_uris: dict[str, str], random_uris: dict[str, str
     markdown, doc = compare_inits(pre, rnd)
     io.write_text(io.join(out_uri, "comparison.md"), markdown)
     io.write_json(io.join(out_uri, "comparison.json"), doc)
+    return doc
+
+
+def metrics_document(task: str, split: str, metrics: dict, data_uri: str) -> dict:
+    """metrics.json: the metric values at the top level (so `--require acc>=50` can read them) plus context."""
+    selection_key = TASKS[task].SELECTION_METRIC
+    doc = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    try:
+        version = io.fingerprint(io.join(data_uri, "dataset.json"))
+    except Exception:  # noqa: BLE001 - the fingerprint is informative only
+        version = None
+    doc.update(task=task, split=split, data=data_uri, dataset_version=version, selection_key=selection_key,
+               selection_value=doc[selection_key])
     return doc

@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, init_head_weights
+from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights
+from beit3core.tasks.data import Collator, unique_images
+from beit3core.tasks.metrics import retrieval_recall
+
+NAME = "retrieval"
+SELECTION_METRIC = "average_score"
+METRICS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10", "average_score")
 
 
 class RetrievalModel(nn.Module):
@@ -72,32 +78,34 @@ def contrastive_loss(
     return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
 
 
-def train_loss(model: RetrievalModel, batch: dict, ctx) -> torch.Tensor:
+def build(backbone: nn.Module, header: dict, settings) -> RetrievalModel:
+    return RetrievalModel(backbone)
+
+
+def targets(rows: list[dict], vocab_index: dict[str, int]) -> dict:
+    return {}  # the i-th caption matches the i-th image (contrastive_loss builds the labels)
+
+
+def collator(tokenizer, max_len: int, header: dict) -> Collator:
+    return Collator(tokenizer, max_len, text_field="caption", targets=targets)
+
+
+def loss(model: RetrievalModel, batch: dict, ctx) -> torch.Tensor:
     img, txt, logit_scale = model(batch["image"], batch["text_ids"], batch["text_padding_mask"])
     return contrastive_loss(img, txt, logit_scale, gather=ctx.gather, rank=ctx.rank)
 
 
 @torch.no_grad()
 def evaluate(model: RetrievalModel, ev) -> tuple[dict, list[dict]]:
-    from tqdm import tqdm
-
-    from beit3core.tasks.common import to_device
-    from beit3core.tasks.data import Collator, eval_loader, unique_images
-    from beit3core.tasks.metrics import retrieval_recall
-
     images, owner = unique_images(ev.rows)
-    bs = ev.settings.eval_batch_size
-    img_loader = eval_loader("retrieval", ev.uri, images, Collator("images", None, 0),
-                             img_size=ev.settings.img_size, batch_size=bs, fields=("image",))
-    txt_loader = eval_loader("retrieval", ev.uri, ev.rows, Collator("retrieval", ev.tokenizer, ev.settings.max_len),
-                             img_size=ev.settings.img_size, batch_size=bs, fields=())
-    img_emb = [model.encode_image(to_device(b, ev.device)["image"]).float().cpu()
-               for b in tqdm(img_loader, desc="eval retrieval images", disable=not ev.progress)]
-    txt_emb = []
-    for b in tqdm(txt_loader, desc="eval retrieval texts", disable=not ev.progress):
-        b = to_device(b, ev.device)
-        txt_emb.append(model.encode_text(b["text_ids"], b["text_padding_mask"]).float().cpu())
-    scores = torch.cat(img_emb) @ torch.cat(txt_emb).t()  # no logit scale, as released
+    img_batches = eval_outputs(NAME, ev, Collator(), lambda b: model.encode_image(b["image"]).float().cpu(),
+                               rows=images, fields=("image",), desc="eval retrieval images")
+    txt_batches = eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
+                               lambda b: model.encode_text(b["text_ids"], b["text_padding_mask"]).float().cpu(),
+                               fields=(), desc="eval retrieval texts")
+    img_emb = torch.cat([emb for _, emb in img_batches])
+    txt_emb = torch.cat([emb for _, emb in txt_batches])
+    scores = img_emb @ txt_emb.t()  # no logit scale, as released
     metrics = retrieval_recall(scores, owner)
     metrics.update(num_images=len(images), num_texts=len(ev.rows))
     samples = []

@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, init_head_weights
+from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights, need
+from beit3core.tasks.data import Collator
+
+NAME = "vqa"
+SELECTION_METRIC = "vqa_score"
+METRICS = ("vqa_score",)
 
 # How many annotators gave an answer -> its soft target (ViLT / BEiT-3 `get_score`).
 _SOFT_SCORE = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}
@@ -71,25 +76,33 @@ def vqa_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return targets.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
-def train_loss(model: VQAModel, batch: dict, ctx) -> torch.Tensor:
+def build(backbone: nn.Module, header: dict, settings) -> VQAModel:
+    return VQAModel(backbone, len(need(header, "answers")))
+
+
+def targets(rows: list[dict], answer_index: dict[str, int]) -> dict:
+    """(B, num_answers) soft scores of each row's annotator answers."""
+    soft = torch.zeros(len(rows), len(answer_index))
+    for i, r in enumerate(rows):
+        for a, s in soft_targets(r["answers"], answer_index).items():
+            soft[i, a] = s
+    return {"targets": soft}
+
+
+def collator(tokenizer, max_len: int, header: dict) -> Collator:
+    return Collator(tokenizer, max_len, text_field="question", targets=targets, vocab=header.get("answers"))
+
+
+def loss(model: VQAModel, batch: dict, ctx) -> torch.Tensor:
     return vqa_loss(model(batch["image"], batch["text_ids"], batch["text_padding_mask"]), batch["targets"])
 
 
 @torch.no_grad()
 def evaluate(model: VQAModel, ev) -> tuple[dict, list[dict]]:
-    from tqdm import tqdm
-
-    from beit3core.tasks.common import to_device
-    from beit3core.tasks.data import Collator, eval_loader
-
     answers = ev.header["answers"]
-    collate = Collator("vqa", ev.tokenizer, ev.settings.max_len, answers=answers)
-    loader = eval_loader("vqa", ev.uri, ev.rows, collate, img_size=ev.settings.img_size,
-                         batch_size=ev.settings.eval_batch_size)
     scores, samples = [], []
-    for batch in tqdm(loader, desc="eval vqa", disable=not ev.progress):
-        batch = to_device(batch, ev.device)
-        logits = model(batch["image"], batch["text_ids"], batch["text_padding_mask"]).float()
+    for batch, logits in eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
+                                      lambda b: model(b["image"], b["text_ids"], b["text_padding_mask"]).float()):
         s = vqa_scores(logits, batch["targets"]).cpu()
         scores.append(s)
         for row, pred, score in zip(batch["rows"], logits.argmax(1).tolist(), s.tolist()):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from beit3core.errors import UserError
+from beit3core.errors import ArgumentParser, run_main
+from beit3core.tokenizers import stages
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beit3 tokenize", description="Train or import a tokenizer and tokenize a "
+    parser = ArgumentParser(prog="beit3 tokenize", description="Train or import a tokenizer and tokenize a "
                                      "validated collection.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{text,visual}")
 
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import-checkpoint", default=None, help="released BEiT v2 tokenizer .pth instead of training")
     p.add_argument("--teacher", default=None, help="timm model name of the distillation teacher (default: pixels)")
     p.add_argument("--teacher-checkpoint", default=None, help="the teacher's weights (path or s3://)")
-    p.add_argument("--arch", choices=("tiny", "base"), default="tiny", help="encoder/decoder size (base = ViT-B/16)")
+    p.add_argument("--tokenizer-size", choices=("tiny", "base"), default="tiny",
+                   help="VQ-KD encoder/decoder size (base = ViT-B/16)")
     p.add_argument("--codebook-size", type=int, default=512)
     p.add_argument("--code-dim", type=int, default=32)
     p.add_argument("--epochs", type=int, default=5)
@@ -45,32 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from beit3core.tokenizers import stages
-
     if args.command == "text":
         return stages.tokenize_text(args.data, args.out, vocab_size=args.vocab_size, import_model=args.import_model,
                                     max_len=args.max_len, workers=args.workers, progress=not args.no_progress)
     return stages.tokenize_visual(
         args.data, args.out, import_checkpoint=args.import_checkpoint, teacher=args.teacher,
-        teacher_checkpoint=args.teacher_checkpoint, arch=args.arch, codebook_size=args.codebook_size,
+        teacher_checkpoint=args.teacher_checkpoint, tokenizer_size=args.tokenizer_size, codebook_size=args.codebook_size,
         code_dim=args.code_dim, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
         patch_size=args.patch_size, seed=args.seed, max_train_images=args.max_train_images,
         progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a tokenize command; a user mistake prints one `error:` line and returns 2."""
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return UserError.exit_code
+    """Run a tokenize command (through `run_main`, a user mistake is one `error:` line and exit 2)."""
+    summary = run(build_parser().parse_args(argv))
     print(json.dumps({k: v for k, v in summary.items() if k != "per_split"}, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None))

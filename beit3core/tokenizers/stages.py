@@ -21,9 +21,15 @@ import logging
 import time
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from beit3core import io
+from beit3core import data, io
+from beit3core.data import KINDS
 from beit3core.errors import UserError
+from beit3core.tokenizers.text import TextTokenizer, clean_text, encode_corpus
+from beit3core.tokenizers.visual import VisualTokenizer, image_to_uint8, make_teacher, train_vqkd
+from beit3core.tokenizers.vqkd import VQKD, vqkd_base_config, vqkd_tiny_config
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,6 @@ TRAIN_KINDS_VISUAL = ("pairs", "images")  # the images the visual tokenizer lear
 def _collection(data_uri: str) -> list[tuple[str, str, dict]]:
     """(name, uri, header) of every dataset in the collection. The name is the dataset's path inside the
     collection (`pairs`, `tasks/vqa`), or its header name when `data_uri` is a single dataset."""
-    from beit3core import data
-
     found = []
     for rel in data.find_datasets(data_uri):
         uri = io.join(data_uri, rel) if rel else data_uri
@@ -64,8 +68,6 @@ def _write_quarantine(out_uri: str, rows: list[dict]) -> None:
 def read_text_rows(uri: str, split: str, field: str, dataset: str, quarantine: list[dict]) -> tuple[list[str], list[str]]:
     """(keys, texts) of one split's text field, read line by line as bytes so that a line that is not UTF-8
     or not JSON, or a text that is not clean UTF-8, is quarantined instead of failing the stage."""
-    from beit3core.tokenizers.text import clean_text
-
     keys, texts = [], []
     where = io.join(uri, f"{split}.jsonl")
     with io.open(where, "rb") as f:
@@ -107,9 +109,6 @@ def tokenize_text(
     progress: bool = True,
 ) -> dict:
     """Train (or import) the SentencePiece tokenizer on the collection's texts and tokenize them all."""
-    from beit3core.data import KINDS
-    from beit3core.tokenizers.text import TextTokenizer, encode_corpus
-
     if max_len < 2:
         raise UserError(f"--max-len {max_len} must be >= 2")
     if workers < 1:
@@ -176,12 +175,6 @@ def tokenize_text(
 def _iter_image_batches(uri: str, split: str, fields: tuple[str, ...], img_size: int, batch_size: int,
                         dataset: str, quarantine: list[dict], progress: bool):
     """Yield (keys, {field: uint8 (b, 3, S, S)}) batches of one split; undecodable rows are quarantined."""
-    import torch
-    from tqdm import tqdm
-
-    from beit3core import data
-    from beit3core.tokenizers.visual import image_to_uint8
-
     total = len(data.read_rows(uri, split)) if progress else None
     keys, tensors = [], {f: [] for f in fields}
     for n, row in enumerate(tqdm(data.iter_samples(uri, split), total=total, desc=f"{dataset}/{split}", unit="img",
@@ -205,10 +198,6 @@ def _iter_image_batches(uri: str, split: str, fields: tuple[str, ...], img_size:
 def collect_training_images(data_uri: str, img_size: int, quarantine: list[dict], *, max_images: int = 50_000,
                             progress: bool = True):
     """uint8 (N, 3, S, S) of the `pairs` and `images` datasets' training splits (the first max_images)."""
-    import torch
-
-    from beit3core.data import KINDS
-
     chunks, count = [], 0
     for rel, uri, header in _collection(data_uri):
         if header["kind"] not in TRAIN_KINDS_VISUAL:
@@ -232,7 +221,7 @@ def tokenize_visual(
     import_checkpoint: str | None = None,
     teacher: str | None = None,
     teacher_checkpoint: str | None = None,
-    arch: str = "tiny",
+    tokenizer_size: str = "tiny",
     codebook_size: int = 512,
     code_dim: int = 32,
     epochs: int = 5,
@@ -245,18 +234,12 @@ def tokenize_visual(
     progress: bool = True,
 ) -> dict:
     """Train (or import) the VQ-KD tokenizer on the collection's images and write the ids of every image."""
-    import torch
-
-    from beit3core.data import KINDS
-    from beit3core.tokenizers.visual import VisualTokenizer, make_teacher, train_vqkd
-    from beit3core.tokenizers.vqkd import VQKD, vqkd_base_config, vqkd_tiny_config
-
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be >= 1")
     quarantine: list[dict] = []
     fingerprint = io.fingerprint(data_uri)
     params = {"import_checkpoint": import_checkpoint, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
-              "arch": arch, "codebook_size": codebook_size, "code_dim": code_dim, "epochs": epochs,
+              "tokenizer_size": tokenizer_size, "codebook_size": codebook_size, "code_dim": code_dim, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "img_size": img_size, "patch_size": patch_size, "seed": seed,
               "max_train_images": max_train_images}
     started = time.perf_counter()
@@ -273,14 +256,14 @@ def tokenize_visual(
         target = make_teacher(teacher, teacher_checkpoint, img_size // patch_size, patch_size)
         sizes = dict(img_size=img_size, patch_size=patch_size, codebook_size=codebook_size, code_dim=code_dim,
                      target_dim=target.dim, rec_loss="cosine" if teacher else "mse")
-        if arch == "tiny":
+        if tokenizer_size == "tiny":
             cfg = vqkd_tiny_config(**sizes)
-        elif arch == "base":
+        elif tokenizer_size == "base":
             cfg = vqkd_base_config(**sizes)
         else:
-            raise UserError(f"--arch {arch!r} must be 'tiny' or 'base'")
+            raise UserError(f"--tokenizer-size {tokenizer_size!r} must be 'tiny' or 'base'")
         images = collect_training_images(data_uri, img_size, quarantine, max_images=max_train_images, progress=progress)
-        log.info("training VQ-KD (%s, %d x %d codes, %s target) on %d images", arch, codebook_size, code_dim,
+        log.info("training VQ-KD (%s, %d x %d codes, %s target) on %d images", tokenizer_size, codebook_size, code_dim,
                  teacher or "pixel", images.shape[0])
         model = VQKD(cfg)
         training = train_vqkd(model, images, target, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,

@@ -21,6 +21,8 @@ from itertools import chain
 
 import numpy as np
 import sentencepiece as spm
+import torch
+from tqdm import tqdm
 
 from beit3core import io
 from beit3core.errors import UserError
@@ -174,8 +176,6 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Sequence[str], max_len: int):
         """(LongTensor (B, max_len) ids, BoolTensor (B, max_len) True = pad)."""
-        import torch
-
         pairs = [self.encode(t, max_len) for t in texts]
         ids = torch.tensor([p[0] for p in pairs], dtype=torch.long).reshape(len(pairs), max_len)
         padding = torch.tensor([p[1] for p in pairs], dtype=torch.bool).reshape(len(pairs), max_len)
@@ -252,8 +252,6 @@ def encode_corpus(
     Returns (ids int32 flat, offsets int64 of length n + 1): sequence i is ids[offsets[i]:offsets[i+1]],
     i.e. [<s>] + pieces[:max_len - 2] + [</s>] with no padding.
     """
-    from tqdm import tqdm
-
     if max_len < 2:
         raise UserError(f"max_len={max_len} must be >= 2 (room for <s> and </s>)")
     if workers < 1:

@@ -18,9 +18,13 @@ import tempfile
 from collections.abc import Callable
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from beit3core import io
 from beit3core.errors import UserError
@@ -35,8 +39,6 @@ CONFIG_FILE = "config.json"
 # -- images -------------------------------------------------------------------------------------------------------
 def image_to_uint8(img, img_size: int) -> torch.Tensor:
     """PIL image -> uint8 tensor (3, img_size, img_size): RGB, bicubic resize (aspect ratio not kept)."""
-    from PIL import Image
-
     img = img.convert("RGB") if img.mode != "RGB" else img
     if img.size != (img_size, img_size):
         img = img.resize((img_size, img_size), Image.BICUBIC)
@@ -78,8 +80,6 @@ class TimmTeacher(nn.Module):
 
     def __init__(self, name: str, checkpoint: str, grid_size: int):
         super().__init__()
-        import timm
-
         try:
             self.model = timm.create_model(name, pretrained=False, num_classes=0)
         except RuntimeError as err:  # timm: "Unknown model (...)"
@@ -165,8 +165,6 @@ def train_vqkd(
     k-means-initialised on the first batch. Per epoch the report holds the mean losses and the codebook usage
     of the epoch's training assignments; `final` is the usage over all images in eval mode.
     """
-    from tqdm import tqdm
-
     n = images.shape[0]
     if n == 0:
         raise UserError("no images to train the visual tokenizer on")
@@ -282,27 +280,35 @@ class VisualTokenizer:
         return self.model.get_codebook_indices(x).long()
 
     # -- persistence
+    @staticmethod
+    def _folder(uri: str) -> str:
+        """The tokenizer folder: `uri` itself, or the `tokenize visual` output's tokenizer/."""
+        for folder in (uri, io.join(uri, "tokenizer")):
+            if io.exists(io.join(folder, CONFIG_FILE)) and io.exists(io.join(folder, WEIGHTS_FILE)):
+                return folder
+        raise UserError(f"{uri}: no visual tokenizer found (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+
+    @classmethod
+    def read_config(cls, uri: str) -> VQKDConfig:
+        """The saved tokenizer's config (image size, grid, codebook) without loading its weights."""
+        where = io.join(cls._folder(uri), CONFIG_FILE)
+        meta = io.read_json(where)
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise UserError(f"{where}: missing field 'model'")
+        return VQKDConfig.from_dict(meta["model"])
+
     @classmethod
     def load(cls, uri: str, device: str | torch.device = "cpu") -> "VisualTokenizer":
         """Load a saved tokenizer: its folder, or the `tokenize visual` output folder holding tokenizer/."""
-        from safetensors.torch import load_file
-
-        for folder in (uri, io.join(uri, "tokenizer")):
-            if io.exists(io.join(folder, CONFIG_FILE)) and io.exists(io.join(folder, WEIGHTS_FILE)):
-                break
-        else:
-            raise UserError(f"{uri}: no visual tokenizer found (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-        meta = io.read_json(io.join(folder, CONFIG_FILE))
-        if not isinstance(meta, dict) or "model" not in meta:
-            raise UserError(f"{io.join(folder, CONFIG_FILE)}: missing field 'model'")
-        model = VQKD(VQKDConfig.from_dict(meta["model"]))
+        folder = cls._folder(uri)
+        model = VQKD(cls.read_config(folder))
         with io.local_path(io.join(folder, WEIGHTS_FILE)) as path:
             state = load_file(path)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise UserError(f"{io.join(folder, WEIGHTS_FILE)}: does not match its config ({str(err).splitlines()[0]})") from None
-        return cls(model.to(device), meta)
+        return cls(model.to(device), io.read_json(io.join(folder, CONFIG_FILE)))
 
     @classmethod
     def from_official(cls, uri: str, **overrides) -> "VisualTokenizer":
@@ -311,8 +317,6 @@ class VisualTokenizer:
 
     def save(self, uri: str, **meta) -> None:
         """Write model.safetensors, then config.json ({"model": config, **meta}) into the folder `uri`."""
-        from safetensors.torch import save_file
-
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         with tempfile.TemporaryDirectory(prefix="beit3-vt-") as tmp:
             local = os.path.join(tmp, WEIGHTS_FILE)

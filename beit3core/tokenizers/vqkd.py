@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from beit3core import io
 from beit3core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -439,8 +440,6 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], **overrides) -> VQKDConf
 
 def load_official_checkpoint(uri: str, **overrides) -> VQKD:
     """Build a VQKD from a released BEiT v2 tokenizer `.pth` (path or s3:// URI) and load it strictly."""
-    from beit3core import io
-
     with io.local_path(uri) as path:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

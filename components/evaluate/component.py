@@ -24,7 +24,7 @@ def evaluate(
 
     name = task["task"]
     out = kfp_io.output_target(evaluation, output_root)
-    argv = ["--task", name, "--model", io.join(finetuned.uri, "model"),
+    argv = ["--task", name, "--model-dir", io.join(finetuned.uri, "model"),
             "--data", io.join(validated.uri, task.get("data", f"tasks/{name}")),
             "--text-tokenizer", text_tokens.uri, "--out", out, *task.get("eval_args", [])]
     kfp_io.run_stage(stage.main, argv)

@@ -22,11 +22,11 @@ def register(
     the task's thresholds (`task["require"]`, e.g. ["accuracy>=0.6"]). Returns the registered version."""
     from beit3core import io
     from beit3ops import kfp_io
-    from beit3ops import registry as stage
+    from beit3ops import model_registry as stage
 
     name = f"{model_name}-{task['task']}"
     version = f"{model_version}-{run_id[:8]}" if run_id else model_version
-    argv = ["--model", io.join(finetuned.uri, "model"), "--metrics", io.join(evaluation.uri, "metrics.json"),
+    argv = ["--model-dir", io.join(finetuned.uri, "model"), "--metrics", io.join(evaluation.uri, "metrics.json"),
             "--name", name, "--version", version, "--registry", registry, "--task", task["task"],
             "--dataset-version", validated.metadata.get("version", ""), "--run-id", run_id, "--run-name", run_name]
     for requirement in task.get("require", []):

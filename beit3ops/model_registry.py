@@ -1,4 +1,5 @@
-"""Model registration: record an evaluated model with its lineage, and refuse models that fail the gate.
+"""The Model Registry client (`beit3 register`): record an evaluated model with its lineage, and refuse
+models that fail the gate. (`beit3core.models.registry` is unrelated: the table of model architectures.)
 
 A registration records the model's artifact URI, name, version, format, its evaluation metrics, the dataset
 version it was trained on and the pipeline run that produced it. It is refused (a `RegistrationRefused`, a
@@ -16,7 +17,6 @@ Two back-ends, chosen by the registry address:
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import logging
 import math
@@ -25,9 +25,10 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
+from importlib import metadata as _metadata
 
 from beit3core import io
-from beit3core.errors import UserError
+from beit3core.errors import ArgumentParser, UserError, run_main
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,9 @@ def check_requirements(metrics: dict[str, float], requirements: list[Requirement
 
 
 def _torch_format_version() -> str:
-    from importlib import metadata
-
     try:
-        return ".".join(metadata.version("torch").split(".")[:2])
-    except metadata.PackageNotFoundError:
+        return ".".join(_metadata.version("torch").split(".")[:2])
+    except _metadata.PackageNotFoundError:
         return "2"
 
 
@@ -286,20 +285,19 @@ def _print_table(entries: list[dict]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + str(r[-1]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["list"]:
-        p = argparse.ArgumentParser(prog="beit3 register list", description="List registered models.")
-        p.add_argument("--registry", default=os.environ.get("BEIT3_REGISTRY", DEFAULT_REGISTRY))
-        ns = p.parse_args(argv[1:])
-        _print_table(open_registry(ns.registry).entries())
-        return 0
-    p = argparse.ArgumentParser(
+def _list_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="beit3 register list", description="List registered models.")
+    p.add_argument("--registry", default=os.environ.get("BEIT3_REGISTRY", DEFAULT_REGISTRY))
+    return p
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="beit3 register",
         description="Register an evaluated model (refused when metrics are missing or below --require thresholds). "
         "`beit3 register list` prints the registry.",
     )
-    p.add_argument("--model", required=True, help="URI of the model folder (model.safetensors + config.json)")
+    p.add_argument("--model-dir", required=True, help="URI of the model folder (model.safetensors + config.json)")
     p.add_argument("--metrics", required=True, help="URI of the evaluation metrics.json (or its folder)")
     p.add_argument("--name", required=True)
     p.add_argument("--version", required=True)
@@ -312,11 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="")
     p.add_argument("--format", default="pytorch", dest="model_format")
     p.add_argument("--description", default="")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["list"]:
+        ns = _list_parser().parse_args(argv[1:])
+        _print_table(open_registry(ns.registry).entries())
+        return 0
+    ns = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     record = register(
-        model_uri=ns.model,
+        model_uri=ns.model_dir,
         metrics_uri=ns.metrics,
         name=ns.name,
         version=ns.version,
@@ -334,6 +341,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from beit3core.errors import run_main
-
     sys.exit(run_main(main, None))

@@ -1,0 +1,179 @@
+"""What validation found, and the files that say so: validation.json, quarantine.jsonl, data_docs/.
+
+`DatasetReport` holds one dataset's checks and verdicts; `ValidationReport` holds them all and builds the
+summary written to validation.json (and returned by `validate()`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from beit3core import io
+from beit3core.data.validation.check import Check
+from beit3core.data.validation.image_checks import ImageResult
+from beit3core.data.validation.table import Table
+from beit3core.errors import UserError
+
+
+@dataclass
+class DatasetReport:
+    """One dataset's checks, the frame GX validates and its result, and the verdict on every row."""
+
+    rel: str  # the dataset's path in the collection ("" for a lone dataset)
+    table: Table
+    checks: list[Check]
+    images: dict[str, ImageResult]
+    frame: pd.DataFrame  # what GX validates
+    gx: dict | None = None  # the GX result, once run
+    clean: np.ndarray = field(init=False)
+    reasons: dict[int, str] = field(init=False)  # quarantined row -> "<file>:row N: reason; reason"
+
+    def __post_init__(self):
+        bad = np.zeros(len(self.table), bool)
+        per_row: dict[int, list[str]] = {}
+        for c in self.checks:
+            bad |= c.bad
+            for i in np.flatnonzero(c.bad):
+                per_row.setdefault(int(i), []).append(c.reasons.get(int(i), c.name))
+        self.clean = ~bad
+        self.reasons = {i: f"{self.table.where(i)}: " + "; ".join(rs) for i, rs in sorted(per_row.items())}
+
+    @property
+    def key(self) -> str:
+        """The dataset's name in validation.json and quarantine.jsonl."""
+        return self.rel or "."
+
+    @property
+    def rejected_fraction(self) -> float:
+        return float((~self.clean).sum()) / len(self.clean) if len(self.clean) else 0.0
+
+    def summary(self, max_reject_fraction: float) -> dict:
+        t, n, q = self.table, len(self.table), int((~self.clean).sum())
+        return {
+            "kind": t.spec.kind, "name": t.header["name"], "rows": n, "clean": n - q, "quarantined": q,
+            "rejected_fraction": round(self.rejected_fraction, 6),
+            "within_threshold": self.rejected_fraction <= max_reject_fraction,
+            "gx_success": self.gx["success"] if self.gx else None,
+            "splits": {s: {"rows": int((t.split == s).sum()), "clean": int(((t.split == s) & self.clean).sum()),
+                           "quarantined": int(((t.split == s) & ~self.clean).sum())} for s in t.header["splits"]},
+            "expectations": self.expectations(),
+            "examples": [self.reasons[i] for i in list(self.reasons)[:10]],
+        }
+
+    def expectations(self) -> list[dict]:
+        """Each check with its GX result (when GX ran) and the number of rows it quarantined."""
+        out = []
+        gx_results = list(self.gx["results"]) if self.gx else []
+        if gx_results and gx_results[0]["expectation"] == "expect_table_row_count_to_be_between":
+            out.append({"check": "at least one row", **gx_results.pop(0), "quarantined": 0})
+        by_key = {(r["expectation"], r["kwargs"].get("column")): r for r in gx_results}
+        for c in self.checks:
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", c.expectation).lower()
+            r = by_key.get((snake, c.kwargs.get("column")))
+            entry = {"check": c.name, "quarantined": int(c.bad.sum())}
+            if r is not None:
+                entry.update(r)
+                if "value_set" in entry["kwargs"] and len(entry["kwargs"]["value_set"]) > 50:
+                    entry["kwargs"] = {**entry["kwargs"], "value_set": f"<{len(entry['kwargs']['value_set'])} values>"}
+            else:
+                entry.update({"expectation": c.expectation, "kwargs": c.kwargs, "success": not c.bad.any()})
+            out.append(entry)
+        return out
+
+    def quarantine_lines(self) -> list[str]:
+        """quarantine.jsonl lines: one per rejected row, with the row itself."""
+        t = self.table
+        return [json.dumps({"dataset": self.key, "split": t.split[i], "file": t.file(i), "row": int(t.line[i]),
+                            "reason": reason, "data": t.rows[i] if type(t.rows[i]) is dict else {"raw": t.rows[i].raw}},
+                           sort_keys=True, ensure_ascii=True) + "\n"
+                for i, reason in self.reasons.items()]
+
+
+@dataclass
+class ValidationReport:
+    """Every dataset of one `validate()` run, against the rejection threshold."""
+
+    max_reject_fraction: float
+    datasets: list[DatasetReport] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[DatasetReport]:
+        return [d for d in self.datasets if d.rejected_fraction > self.max_reject_fraction]
+
+    @property
+    def success(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> dict:
+        """The content of validation.json."""
+        return {"max_reject_fraction": self.max_reject_fraction,
+                "datasets": {d.key: d.summary(self.max_reject_fraction) for d in self.datasets},
+                "success": self.success}
+
+    def failure(self, src: str, out: str, summary: dict) -> UserError:
+        """The error naming the dataset that rejected the largest fraction of its rows."""
+        worst = max(self.failures, key=lambda d: d.rejected_fraction)
+        d = summary["datasets"][worst.key]
+        return UserError(f"{io.join(src, worst.rel) if worst.rel else src}: {d['quarantined']} of {d['rows']} rows "
+                         f"rejected ({d['rejected_fraction']:.1%}), above --max-reject-fraction "
+                         f"{self.max_reject_fraction}; reasons in {io.join(out, 'quarantine.jsonl')}")
+
+
+def write_reports(stage: str, report: ValidationReport, summary: dict, gx_docs: str | None) -> None:
+    """quarantine.jsonl, data_docs/ (the summary page, and the GX site from `gx_docs`) and validation.json."""
+    with open(os.path.join(stage, "quarantine.jsonl"), "w", encoding="utf-8") as f:
+        for d in report.datasets:
+            f.writelines(d.quarantine_lines())
+    docs = os.path.join(stage, "data_docs")
+    os.makedirs(docs, exist_ok=True)
+    if gx_docs and os.path.isdir(gx_docs) and os.listdir(gx_docs):
+        shutil.copytree(gx_docs, os.path.join(docs, "gx"))
+    with open(os.path.join(docs, "index.html"), "w", encoding="utf-8") as f:
+        f.write(summary_html(summary))
+    with open(os.path.join(stage, "validation.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(summary, sort_keys=True, indent=2, ensure_ascii=True, default=str) + "\n")
+
+
+def _ok(good: bool, yes: str, no: str) -> str:
+    return f"<b class='{'ok' if good else 'bad'}'>{yes if good else no}</b>"
+
+
+def _dataset_html(rel: str, d: dict) -> list[str]:
+    e = html.escape
+    parts = [f"<h2>{e(rel)} <small>({e(d['kind'])})</small></h2><p>{d['rows']} rows, {d['clean']} clean, "
+             f"{d['quarantined']} quarantined ({d['rejected_fraction']:.2%}) - "
+             f"{_ok(d['within_threshold'], 'within threshold', 'above threshold')}</p>",
+             "<table><tr><th>check</th><th>GX expectation</th><th>result</th><th>unexpected</th>"
+             "<th>quarantined</th></tr>"]
+    for x in d["expectations"]:
+        unexpected = x.get("unexpected_count") if x.get("unexpected_count") is not None else ""
+        parts.append(f"<tr><td>{e(x['check'])}</td><td>{e(x['expectation'])}</td>"
+                     f"<td class='{'ok' if x['success'] else 'bad'}'>{'pass' if x['success'] else 'fail'}</td>"
+                     f"<td>{unexpected}</td><td>{x['quarantined']}</td></tr>")
+    parts.append("</table>")
+    if d.get("examples"):
+        parts.append("<p>First quarantined rows:</p><ul>" + "".join(f"<li>{e(r)}</li>" for r in d["examples"]) + "</ul>")
+    return parts
+
+
+def summary_html(summary: dict) -> str:
+    """data_docs/index.html: a self-contained page of every dataset's checks."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Data validation</title><style>",
+             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}",
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.ok{color:#080}.bad{color:#b00}",
+             "</style></head><body><h1>Data validation</h1>",
+             f"<p>Overall: {_ok(summary['success'], 'PASS', 'FAIL')}; maximum rejected fraction "
+             f"{summary['max_reject_fraction']}. "
+             "The full Great Expectations Data Docs are in <a href='gx/index.html'>gx/index.html</a>.</p>"]
+    for rel, d in summary["datasets"].items():
+        parts += _dataset_html(rel, d)
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,102 @@
+"""Fine-tuning settings: the frozen `TaskSettings` and the released recipe of each task.
+
+`TASK_DEFAULTS` is the released fine-tuning table for the base model (microsoft/unilm `beit3/get_started/*.md`,
+beit3.md section 7). Other recipes, such as the tiny demo on the bundled synthetic data, are flags over it
+(params.yaml `finetune.tasks`, passed by dvc.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from beit3core.errors import UserError
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Everything a fine-tuning run of one task needs besides data, init and output (frozen after parsing)."""
+
+    arch: str = "beit3_base_patch16_224"  # a registered model name (`beit3 models`)
+    img_size: int = 224
+    max_len: int = 64  # text tokens incl. <s> and </s> (num_max_bpe_tokens)
+    batch_size: int = 64
+    eval_batch_size: int = 64
+    epochs: float = 20
+    warmup_epochs: float = 5
+    steps: int = 0  # > 0 overrides epochs (and warmup becomes warmup_steps)
+    warmup_steps: int = 0
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    layer_decay: float = 0.9
+    head_lr_scale: float = 1.0  # released `task_head_lr_weight` (VQA: 20), applied to `head.*` only
+    head_init_scale: float = 0.001  # released: classification and NLVR2 heads start at 0.001 x their init
+    drop_path: float = 0.1
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad: float = 0.0
+    label_smoothing: float = 0.1  # classification CE, captioning KL
+    mixup: float = 0.0  # classification only (timm Mixup)
+    cutmix: float = 0.0
+    mask_prob: float = 0.6  # captioning: fraction of caption tokens masked in training
+    drop_worst_after: int = 0  # captioning: drop the worst 20% tokens after this many steps (0: never)
+    num_beams: int = 3
+    length_penalty: float = 0.6
+    hflip: bool = True
+    crop_scale_min: float = 0.5  # RandomResizedCrop scale=(crop_scale_min, 1)
+    normalize_output: bool = True  # the backbone's final LayerNorm (released: off for classification and VQA)
+
+    def __post_init__(self):
+        for name in ("img_size", "max_len", "batch_size", "eval_batch_size", "num_beams"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"--lr: must be positive, got {self.lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise UserError(f"--layer-decay: must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.drop_path < 1:
+            raise UserError(f"--drop-path: must be in [0, 1), got {self.drop_path}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise UserError(f"--crop-scale-min: must be in (0, 1], got {self.crop_scale_min}")
+        if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
+            raise UserError("--steps / --epochs: give a positive number of steps or epochs")
+        if not 0 < self.head_init_scale <= 1:
+            raise UserError(f"--head-init-scale: must be in (0, 1], got {self.head_init_scale}")
+        if not 0 < self.mask_prob < 1:
+            raise UserError(f"--mask-prob: must be in (0, 1), got {self.mask_prob}")
+
+    def replace(self, **changes) -> "TaskSettings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The released base-model recipes (beit3.md section 7; effective batch sizes of the 8-32 GPU runs).
+TASK_DEFAULTS: dict[str, dict] = {
+    "classification": dict(arch="beit3_base_patch16_224", img_size=224, batch_size=1024, lr=7e-4, layer_decay=0.65,
+                           drop_path=0.15, weight_decay=0.05, epochs=50, warmup_epochs=5, label_smoothing=0.1,
+                           mixup=0.8, cutmix=1.0, normalize_output=False),
+    "vqa": dict(arch="beit3_base_patch16_224", img_size=480, batch_size=128, lr=3e-5, layer_decay=1.0,
+                drop_path=0.1, weight_decay=0.01, epochs=10, warmup_epochs=1, head_lr_scale=20.0, betas=(0.9, 0.98),
+                normalize_output=False),
+    "nlvr2": dict(arch="beit3_base_patch16_224", img_size=224, batch_size=256, lr=7e-4, layer_decay=0.65,
+                  drop_path=0.2, weight_decay=0.2, epochs=20, warmup_epochs=5),
+    "retrieval": dict(arch="beit3_base_patch16_224", img_size=384, batch_size=3072, lr=2e-4, layer_decay=0.65,
+                      drop_path=0.2, weight_decay=0.05, epochs=15, warmup_epochs=3),
+    "captioning": dict(arch="beit3_base_patch16_224", img_size=480, max_len=32, batch_size=256, lr=4e-5,
+                       layer_decay=1.0, drop_path=0.1, weight_decay=0.05, epochs=10, warmup_epochs=1, mask_prob=0.7,
+                       label_smoothing=0.1, drop_worst_after=12000, num_beams=3, length_penalty=0.6),
+}
+
+
+def check_task(task: str) -> str:
+    if task not in TASK_DEFAULTS:
+        raise UserError(f"--task {task!r}: expected one of {', '.join(TASK_DEFAULTS)}")
+    return task
+
+
+def settings_for(task: str, **overrides) -> TaskSettings:
+    """The task's released recipe with overrides (the CLI's flags; None = keep the recipe's value)."""
+    return TaskSettings(**TASK_DEFAULTS[check_task(task)]).replace(**overrides)
