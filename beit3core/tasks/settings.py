@@ -13,39 +13,47 @@ from dataclasses import dataclass
 from beit3core.errors import UserError
 
 
+def _setting(default, help: str):
+    """A settings field with the help text of its generated `beit3 finetune` flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TaskSettings:
     """Everything a fine-tuning run of one task needs besides data, init and output (frozen after parsing)."""
 
-    arch: str = "beit3_base_patch16_224"  # a registered model name (`beit3 models`)
-    img_size: int = 224
-    max_len: int = 64  # text tokens incl. <s> and </s> (num_max_bpe_tokens)
-    batch_size: int = 64
-    eval_batch_size: int = 64
-    epochs: float = 20
-    warmup_epochs: float = 5
-    steps: int = 0  # > 0 overrides epochs (and warmup becomes warmup_steps)
-    warmup_steps: int = 0
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    layer_decay: float = 0.9
-    head_lr_scale: float = 1.0  # released `task_head_lr_weight` (VQA: 20), applied to `head.*` only
-    head_init_scale: float = 0.001  # released: classification and NLVR2 heads start at 0.001 x their init
-    drop_path: float = 0.1
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad: float = 0.0
-    label_smoothing: float = 0.1  # classification CE, captioning KL
-    mixup: float = 0.0  # classification only (timm Mixup)
-    cutmix: float = 0.0
-    mask_prob: float = 0.6  # captioning: fraction of caption tokens masked in training
-    drop_worst_after: int = 0  # captioning: drop the worst 20% tokens after this many steps (0: never)
-    num_beams: int = 3
-    length_penalty: float = 0.6
-    hflip: bool = True
-    crop_scale_min: float = 0.5  # RandomResizedCrop scale=(crop_scale_min, 1)
-    normalize_output: bool = True  # the backbone's final LayerNorm (released: off for classification and VQA)
+    arch: str = _setting("beit3_base_patch16_224",
+                         "registered model name (`beit3 models`) for --init random or an official .pth")
+    img_size: int = _setting(224, "input resolution in pixels")
+    max_len: int = _setting(64, "text tokens incl. <s> and </s> (released num_max_bpe_tokens)")
+    batch_size: int = _setting(64, "training batch size per rank")
+    eval_batch_size: int = _setting(64, "evaluation batch size")
+    epochs: float = _setting(20, "training epochs (--steps overrides)")
+    warmup_epochs: float = _setting(5, "linear warmup epochs")
+    steps: int = _setting(0, "optimizer steps; > 0 overrides --epochs (warmup then counts --warmup-steps)")
+    warmup_steps: int = _setting(0, "linear warmup steps when --steps is given")
+    lr: float = _setting(5e-4, "peak learning rate")
+    min_lr: float = _setting(1e-6, "final learning rate of the cosine schedule")
+    layer_decay: float = _setting(0.9, "layer-wise lr decay")
+    head_lr_scale: float = _setting(1.0, "lr multiplier of `head.*` (released task_head_lr_weight; VQA: 20)")
+    head_init_scale: float = _setting(0.001,
+                                      "classification and NLVR2 heads start at this x their init (released 0.001)")
+    drop_path: float = _setting(0.1, "stochastic depth rate")
+    weight_decay: float = _setting(0.05, "AdamW weight decay")
+    betas: tuple[float, float] = _setting((0.9, 0.999), "AdamW betas")
+    eps: float = _setting(1e-8, "AdamW epsilon")
+    clip_grad: float = _setting(0.0, "max gradient norm (0: off)")
+    label_smoothing: float = _setting(0.1, "label smoothing of classification CE and captioning")
+    mixup: float = _setting(0.0, "mixup alpha (classification only, timm Mixup)")
+    cutmix: float = _setting(0.0, "cutmix alpha (classification only)")
+    mask_prob: float = _setting(0.6, "captioning: fraction of caption tokens masked in training")
+    drop_worst_after: int = _setting(0, "captioning: drop the worst 20%% tokens after this many steps (0: never)")
+    num_beams: int = _setting(3, "captioning beam size")
+    length_penalty: float = _setting(0.6, "captioning beam length penalty")
+    hflip: bool = _setting(True, "random horizontal flip in training")
+    crop_scale_min: float = _setting(0.5, "RandomResizedCrop scale=(crop_scale_min, 1)")
+    normalize_output: bool = _setting(True,
+                                      "the backbone's final LayerNorm (released: off for classification and VQA)")
 
     def __post_init__(self):
         for name in ("img_size", "max_len", "batch_size", "eval_batch_size", "num_beams"):
