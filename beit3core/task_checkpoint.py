@@ -73,17 +73,22 @@ def _folder_config(uri: str) -> dict | None:
     return None
 
 
-def init_kind(init: str) -> str:
-    """What an `--init` is: "random", "backbone" (a pretraining model folder), "task_model" (a fine-tuned
-    folder) or "official" (a microsoft/unilm .pth, local or s3://)."""
+def _classify_init(init: str) -> tuple[str, dict | None]:
+    """(kind of `init`, the folder's config.json for a native folder, else None): reads config.json once."""
     if init == "random":
-        return "random"
+        return "random", None
     if not io.exists(init):
         raise UserError(f"--init {init}: no such file or folder (give a model folder, a .pth, or 'random')")
     config = _folder_config(init)
     if config is None:
-        return "official"
-    return "task_model" if config.get("architecture") == TASK_ARCHITECTURE else "backbone"
+        return "official", None
+    return ("task_model" if config.get("architecture") == TASK_ARCHITECTURE else "backbone"), config
+
+
+def init_kind(init: str) -> str:
+    """What an `--init` is: "random", "backbone" (a pretraining model folder), "task_model" (a fine-tuned
+    folder) or "official" (a microsoft/unilm .pth, local or s3://)."""
+    return _classify_init(init)[0]
 
 
 def build_task_model_for_init(task: str, settings: TaskSettings, header: dict, init: str, *,
@@ -93,7 +98,7 @@ def build_task_model_for_init(task: str, settings: TaskSettings, header: dict, i
     `vocab_size` is the text tokenizer's."""
     task_overrides = dict(img_size=settings.img_size, drop_path_rate=settings.drop_path,
                           normalize_output=settings.normalize_output)
-    kind = init_kind(init)
+    kind, meta = _classify_init(init)
     if kind == "random":
         backbone = create_model(settings.arch, vocab_size=vocab_size, **task_overrides)
         return build_task_model(task, backbone, header, settings), {"init": "random", "arch": settings.arch}
@@ -101,7 +106,6 @@ def build_task_model_for_init(task: str, settings: TaskSettings, header: dict, i
         backbone = create_model(settings.arch, vocab_size=max(vocab_size, OFFICIAL_VOCAB_SIZE), **task_overrides)
         task_model = build_task_model(task, backbone, header, settings)
     else:
-        meta = _folder_config(init)
         if not isinstance(meta.get("config"), dict):
             raise UserError(f"{io.join(init, CONFIG_NAME)}: field 'config': missing")
         config = Beit3Config.from_dict({**meta["config"], **task_overrides})

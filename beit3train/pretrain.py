@@ -167,8 +167,7 @@ class _Run:
 
 def read_visual_meta(visual_tokens: str) -> dict:
     config = VisualTokenizer.read_config(visual_tokens)
-    return {"img_size": config.img_size, "grid": config.img_size // config.patch_size,
-            "codebook_size": config.codebook_size}
+    return {"img_size": config.img_size, "grid": config.grid_size, "codebook_size": config.codebook_size}
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, visual: dict) -> Beit3ForPretraining:
