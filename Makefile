@@ -49,6 +49,19 @@ demo: store-up
 pipeline: install
 	$(BIN)/python -m pipelines.full --output pipelines/full.yaml
 
+# The container image of every pipeline step and training pod: build, push, print the digest to pin (a tag
+# can move; a digest cannot). Needs docker, logged in to the registry: make image IMAGE_REPO=registry/beit3
+IMAGE_REPO ?= ghcr.io/beit3-platform/beit3
+IMAGE_TAG  ?= 0.1.0
+.PHONY: image
+image:
+	docker build -t $(IMAGE_REPO):$(IMAGE_TAG) .
+	docker push $(IMAGE_REPO):$(IMAGE_TAG)
+	@digest=$$(docker inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $(IMAGE_REPO):$(IMAGE_TAG) \
+	  | grep -m1 '^$(IMAGE_REPO)@sha256:') && \
+	  echo "image digest: $$digest" && \
+	  echo "pin it: kfp run create ... image=$$digest   (or IMAGE in components/__init__.py, then make pipeline)"
+
 bench: install
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
@@ -52,15 +53,23 @@ _QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.([AB])\.(w
 _EXPERT_IN_NAME = re.compile(r"\.([AB])\.")
 
 
-def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint file: its 'model' or 'module' entry (else the dict), wrapper prefixes stripped."""
+def unwrap_state_dict(obj, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file: its 'model' or 'module' entry (else the dict), wrapper prefixes stripped.
+    Anything but a non-empty dict of name -> tensor is a UserError naming `where` (the file) and the entry."""
     if isinstance(obj, dict):
         for key in ("model", "module", "state_dict"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict):
-        raise UserError(f"checkpoint: expected a dict of tensors, got {type(obj).__name__}")
+        raise UserError(f"{where}: expected a dict of tensors, got {type(obj).__name__}")
+    if not obj:
+        raise UserError(f"{where}: holds no tensors")
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise UserError(f"{where}: entry {key!r}: expected a parameter name (str), got {type(key).__name__}")
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{where}: entry {key[:200]!r}: expected a tensor, got {type(value).__name__}")
     return {strip_wrapper_prefixes(key): value for key, value in obj.items()}
 
 
@@ -134,13 +143,34 @@ def _read_state_dict(uri: str) -> dict[str, torch.Tensor]:
     uri = str(uri)
     if io.isdir(uri) or uri.endswith(WEIGHTS_NAME):
         weights = io.join(uri, WEIGHTS_NAME) if io.isdir(uri) else uri
-        return load_safetensors(io.read_bytes(weights))
+        data = io.read_bytes(weights)
+        try:
+            tensors = load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:  # truncated, garbage or a bad header
+            raise UserError(f"{weights}: not a readable safetensors file ({_first_line(e)})") from None
+        return unwrap_state_dict(tensors, weights)
     with io.local_path(uri) as path:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint must never run code
         except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file, named as such
-            raise UserError(f"{uri}: not a loadable weights-only torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return unwrap_state_dict(obj)
+            raise UserError(f"{uri}: not a loadable weights-only torch checkpoint ({_first_line(e)})") from None
+    return unwrap_state_dict(obj, uri)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def config_from_file(where: str, values) -> Beit3Config:
+    """A Beit3Config from a model folder's config.json `config` field: wrong types, unknown fields and sizes
+    above `beit3core.models.configs.LIMITS` are one line naming the file, before anything is allocated."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: field 'config': expected an object, got {type(values).__name__}")
+    try:
+        return Beit3Config.from_dict(values)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def fit_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], LoadReport]:
@@ -213,10 +243,12 @@ def save_model(model: nn.Module, uri: str) -> None:
 
 def load_model(uri: str, **overrides) -> nn.Module:
     """Rebuild a Beit3Model from `uri/config.json` and load `uri/model.safetensors` strictly."""
-    meta = io.read_json(io.join(uri, CONFIG_NAME))
-    if meta.get("architecture") != "Beit3Model" or not isinstance(meta.get("config"), dict):
-        raise UserError(f"{io.join(uri, CONFIG_NAME)}: field 'architecture': expected 'Beit3Model'")
-    model = Beit3Model(Beit3Config.from_dict({**meta["config"], **overrides}))
+    where = io.join(uri, CONFIG_NAME)
+    meta = io.read_json(where)
+    if not isinstance(meta, dict) or meta.get("architecture") != "Beit3Model":
+        raise UserError(f"{where}: field 'architecture': expected 'Beit3Model'")
+    config = config_from_file(where, meta.get("config"))
+    model = Beit3Model(config.replace(**overrides) if overrides else config)
     load_pretrained(model, uri, strict=True)
     return model
 

@@ -17,11 +17,16 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from beit3core import io
-from beit3core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_pretrained
+from beit3core.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    config_from_file,
+    load_pretrained,
+)
 from beit3core.errors import UserError
 from beit3core.factory import create_model
-from beit3core.models import Beit3Config, Beit3Model
-from beit3core.tasks import TaskSettings, build_task_model
+from beit3core.models import Beit3Model
+from beit3core.tasks import TASK_NAMES, TaskSettings, build_task_model
 
 TASK_ARCHITECTURE = "Beit3TaskModel"
 TASK_META_NAME = "task.json"
@@ -51,25 +56,50 @@ def load_task_model(uri: str, task: str | None = None) -> tuple[nn.Module, dict]
     for name in (CONFIG_NAME, TASK_META_NAME, WEIGHTS_NAME):
         if not io.exists(io.join(uri, name)):
             raise UserError(f"{io.join(uri, name)}: no such file (not a `beit3 finetune` model folder)")
-    config = io.read_json(io.join(uri, CONFIG_NAME))
-    meta = io.read_json(io.join(uri, TASK_META_NAME))
-    if config.get("architecture") != TASK_ARCHITECTURE:
-        raise UserError(f"{io.join(uri, CONFIG_NAME)}: field 'architecture': expected {TASK_ARCHITECTURE!r}")
+    config_uri, meta_uri = io.join(uri, CONFIG_NAME), io.join(uri, TASK_META_NAME)
+    config = io.read_json(config_uri)
+    meta = io.read_json(meta_uri)
+    if not isinstance(config, dict) or config.get("architecture") != TASK_ARCHITECTURE:
+        raise UserError(f"{config_uri}: field 'architecture': expected {TASK_ARCHITECTURE!r}")
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_uri}: expected an object, got {type(meta).__name__}")
+    if meta.get("task") not in TASK_NAMES:
+        raise UserError(f"{meta_uri}: field 'task': {meta.get('task')!r} is not one of {', '.join(TASK_NAMES)}")
     if task is not None and meta.get("task") != task:
-        raise UserError(f"{io.join(uri, TASK_META_NAME)}: field 'task' is {meta.get('task')!r}, but --task is {task!r}")
-    settings = dict(meta["settings"])
-    settings["betas"] = tuple(settings["betas"])  # JSON has no tuples
-    meta["settings"] = TaskSettings(**settings)
-    model = build_task_model(meta["task"], Beit3Model(Beit3Config.from_dict(config["config"])), meta,
-                             meta["settings"])
+        raise UserError(f"{meta_uri}: field 'task' is {meta.get('task')!r}, but --task is {task!r}")
+    meta["settings"] = _settings_from_file(meta_uri, meta.get("settings"))
+    for key in ("labels", "answers"):
+        if key in meta and not (isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])):
+            raise UserError(f"{meta_uri}: field {key!r}: expected a list of strings")
+    backbone = Beit3Model(config_from_file(config_uri, config.get("config")))
+    model = build_task_model(meta["task"], backbone, meta, meta["settings"])
     load_pretrained(model, uri, strict=True)
     return model, meta
+
+
+def _settings_from_file(where: str, values) -> TaskSettings:
+    """task.json's `settings`: unknown fields, wrong types and out-of-range values are one line naming the file."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: field 'settings': expected an object, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(TaskSettings.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"{where}: field 'settings': unknown setting(s) {', '.join(map(str, unknown))}")
+    values = dict(values)
+    if isinstance(values.get("betas"), list):
+        values["betas"] = tuple(values["betas"])  # JSON has no tuples
+    try:
+        return TaskSettings(**values)
+    except UserError as e:
+        raise UserError(f"{where}: field 'settings': {e}") from None
 
 
 def _folder_config(uri: str) -> dict | None:
     """config.json of a native model folder (backbone or task model), None for anything else."""
     if io.isdir(uri) and io.exists(io.join(uri, CONFIG_NAME)):
-        return io.read_json(io.join(uri, CONFIG_NAME))
+        config = io.read_json(io.join(uri, CONFIG_NAME))
+        if not isinstance(config, dict):
+            raise UserError(f"{io.join(uri, CONFIG_NAME)}: expected an object, got {type(config).__name__}")
+        return config
     return None
 
 
@@ -106,9 +136,7 @@ def build_task_model_for_init(task: str, settings: TaskSettings, header: dict, i
         backbone = create_model(settings.arch, vocab_size=max(vocab_size, OFFICIAL_VOCAB_SIZE), **task_overrides)
         task_model = build_task_model(task, backbone, header, settings)
     else:
-        if not isinstance(meta.get("config"), dict):
-            raise UserError(f"{io.join(init, CONFIG_NAME)}: field 'config': missing")
-        config = Beit3Config.from_dict({**meta["config"], **task_overrides})
+        config = config_from_file(io.join(init, CONFIG_NAME), meta.get("config")).replace(**task_overrides)
         if vocab_size > config.vocab_size:
             raise UserError(f"--text-tokenizer: {vocab_size} ids do not fit the {config.vocab_size}-row "
                             f"text embedding of {init} (was it pretrained with another tokenizer?)")

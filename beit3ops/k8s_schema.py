@@ -6,8 +6,12 @@ release-1.9 and kubeflow/trainer; provenance in `crds/SOURCES.md`). Two addition
 
 * `strictify` rejects unknown fields. The API server prunes them silently, so a typo such as
   `imagePullPolice` would otherwise be lost without a word.
-* the admission-webhook rules that the schema does not express (container named `pytorch`, exactly one
-  Master, only Master/Worker replica types, `cleanPodPolicy` values, elastic-policy constraints).
+* the admission-webhook rules that the schema does not express: for a PyTorchJob (training-operator
+  release-1.9 `pkg/webhooks/pytorch/pytorchjob_webhook.go`) the container named `pytorch`, exactly one
+  Master, only Master/Worker replica types, `cleanPodPolicy` values, elastic-policy constraints; for a
+  TrainJob (kubeflow/trainer v2.2.0 `pkg/runtime/framework/plugins/jobset/jobset.go` ValidateObjects) a
+  domain-prefixed `runtimePatches[].manager`, patched containers that exist in the runtime's job, and no
+  env on the `node` container of a patch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import re
 from pathlib import Path
 
 import jsonschema
@@ -33,6 +38,12 @@ KNOWN_KINDS = {
 }
 PYTORCHJOB_REPLICA_TYPES = ("Master", "Worker")
 CLEAN_POD_POLICIES = ("All", "Running", "None")
+# The replicated jobs and their containers of the stock `torch-distributed` ClusterTrainingRuntime
+# (kubeflow/trainer manifests/base/runtimes/torch_distributed.yaml): what a runtime patch may name.
+TORCH_RUNTIME_CONTAINERS = {"node": {"node"}}
+# k8s.io/apimachinery/pkg/util/validation/validation.go: IsDNS1123Subdomain and httpPathFmt.
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_HTTP_PATH = re.compile(r"^[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$")
 
 
 def strictify(schema: dict) -> dict:
@@ -137,11 +148,56 @@ def pytorchjob_rule_errors(job: dict) -> list[str]:
     return errors
 
 
+def domain_prefixed_path_errors(path: str) -> list[str]:
+    """apimachinery `validation.IsDomainPrefixedPath`: '<DNS-1123 subdomain>/<HTTP path>', e.g. acme.io/foo."""
+    if not path:
+        return ["Required value"]
+    host, sep, rest = path.partition("/")
+    if not sep or not host or not rest:
+        return [f"{path!r}: must be a domain-prefixed path (such as \"acme.io/foo\")"]
+    errors = []
+    if len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host):
+        errors.append(f"{host!r}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+                      "'-' or '.', and must start and end with an alphanumeric character")
+    if not _HTTP_PATH.match(rest):
+        errors.append(f"{rest!r}: Invalid path")
+    return errors
+
+
+def trainjob_rule_errors(job: dict, runtime_containers: dict | None = None) -> list[str]:
+    """The Trainer admission-webhook rules for a TrainJob's runtimePatches (Trainer v2.2.0 jobset.go
+    ValidateObjects) that its CRD schema does not express. `runtime_containers`: replicated job -> container
+    names of the referenced runtime (default: the stock torch-distributed runtime)."""
+    runtime_containers = TORCH_RUNTIME_CONTAINERS if runtime_containers is None else runtime_containers
+    errors = []
+    for i, patch in enumerate((job.get("spec") or {}).get("runtimePatches") or []):
+        where = f"spec.runtimePatches[{i}]"
+        errors += [f"{where}.manager: {e}" for e in domain_prefixed_path_errors(patch.get("manager") or "")]
+        template = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+        for rjob in template.get("replicatedJobs") or []:
+            containers = runtime_containers.get(rjob.get("name"))
+            if containers is None:
+                errors.append(f"{where}: must not have replicated job that doesn't exist in the runtime job template "
+                              f"({rjob.get('name')!r})")
+                continue
+            pod = ((((rjob.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
+            for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+                if c.get("name") not in containers:
+                    errors.append(f"{where}: must not have container that doesn't exist in the runtime job "
+                                  f"{rjob.get('name')} ({c.get('name')!r})")
+                elif c.get("env") and c.get("name") in ("node", "dataset-initializer", "model-initializer"):
+                    errors.append(f"{where}: must not have envs for the dataset-initializer, model-initializer, node "
+                                  "containers")
+    return errors
+
+
 def validation_errors(obj: dict, crd_dir: Path | str | None = None) -> list[str]:
-    """Schema errors plus, for a PyTorchJob, the webhook-rule errors."""
+    """Schema errors plus the admission-webhook rule errors of the job's kind."""
     errors = schema_errors(obj, crd_dir)
     if obj.get("kind") == "PyTorchJob":
         errors += pytorchjob_rule_errors(obj)
+    elif obj.get("kind") == "TrainJob":
+        errors += trainjob_rule_errors(obj)
     return errors
 
 

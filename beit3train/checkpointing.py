@@ -150,7 +150,32 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
     if not io.exists(path):
         raise UserError(f"{path}: no such checkpoint")
     with io.local_path(path) as local:
-        return torch.load(local, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated, garbage or pickled code: a bad file, named as such
+            raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}); delete its folder to resume "
+                            "from the one before") from None
+    _check_layout(path, ckpt)
+    return ckpt
+
+
+# The entries every trainer checkpoint has (see the module docstring), and their types.
+_LAYOUT = {"model": dict, "optimizer": dict, "scheduler": dict, "step": int, "rng": list, "config": dict,
+           "world_size": int}
+
+
+def _check_layout(path: str, ckpt) -> None:
+    """Refuse a checkpoint.pt that is not a trainer's checkpoint before anything is restored from it."""
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: expected a trainer checkpoint (a dict), got {type(ckpt).__name__}")
+    for key, kind in _LAYOUT.items():
+        if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
+            raise UserError(f"{path}: entry {key!r}: expected {kind.__name__}, got {type(ckpt.get(key)).__name__}")
+    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{path}: entry 'model': {str(bad[0])[:200]!r} is not a named tensor")
+    if ckpt["step"] < 0 or ckpt["world_size"] < 1:
+        raise UserError(f"{path}: entries 'step' / 'world_size': {ckpt['step']} / {ckpt['world_size']} out of range")
 
 
 # ----- RNG states (converted to weights_only-safe values) -----

@@ -20,15 +20,16 @@ import types
 import typing
 from typing import Any, NamedTuple
 
-from beit3core.errors import ArgumentParser
+from beit3core.errors import ArgumentParser, check_range
 
 MISSING = dataclasses.MISSING
 
 
 def setting(default: Any = MISSING, help: str = "", *, exact: bool = False, choices=None,
-            metavar: str | None = None) -> Any:
-    """A config field with its command-line metadata."""
-    metadata = {"help": help, "exact": exact, "choices": choices, "metavar": metavar}
+            metavar: str | None = None, bounds: str | None = None) -> Any:
+    """A config field with its command-line metadata; `bounds` ("[0, 1)", "(0, inf)") is the interval a number
+    given on the command line must lie in (`beit3core.errors.check_range`)."""
+    metadata = {"help": help, "exact": exact, "choices": choices, "metavar": metavar, "bounds": bounds}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -43,6 +44,18 @@ def _without_none(annotation):
         if len(args) == 1:
             return args[0]
     return annotation
+
+
+def _bounded(parse, name: str, bounds: str):
+    """argparse type: `parse`, then refuse a value outside `bounds`, naming the flag. Out-of-range numbers are
+    refused, never clamped or replaced."""
+    def parse_bounded(text: str):
+        value = parse(text)
+        check_range(name, value, bounds)
+        return value
+
+    parse_bounded.__name__ = parse.__name__  # argparse names it in "invalid int value"
+    return parse_bounded
 
 
 def _argument_kwargs(annotation) -> dict:
@@ -90,6 +103,9 @@ def add_arguments(parser, cls, *, released_defaults: bool = False) -> None:
             kwargs["choices"] = meta["choices"]
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
+        if meta.get("bounds") and "type" in kwargs:
+            kwargs["type"] = _bounded(parser._registry_get("type", kwargs["type"], kwargs["type"]),
+                                      flag(field.name), meta["bounds"])
         if released_defaults:
             kwargs["default"] = None
         elif field.default is MISSING:
@@ -97,6 +113,16 @@ def add_arguments(parser, cls, *, released_defaults: bool = False) -> None:
         else:
             kwargs["default"] = field.default
         parser.add_argument(flag(field.name), **kwargs)
+
+
+def check_bounds(cfg) -> None:
+    """Refuse a field outside its `bounds` (each value of a tuple), naming its flag: the same rule as the
+    parser's, for configs built without it (tests, components, a saved config)."""
+    for field in dataclasses.fields(cfg):
+        value, bounds = getattr(cfg, field.name), field.metadata.get("bounds")
+        if bounds and value is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                check_range(flag(field.name), item, bounds)
 
 
 def field_names(cls) -> tuple[str, ...]:

@@ -2,6 +2,9 @@
 
     beit3 evaluate --task T --model-dir FT/model --data VALIDATED/tasks/T --text-tokenizer TOK --out OUT [--split test]
 
+For classification and NLVR2 it also writes OUT/confusion_matrix.json ({"labels": [...], "matrix": [[...]]},
+rows: true label, columns: predicted), which the pipeline shows as KFP ClassificationMetrics.
+
 The model folder is what `beit3 finetune` wrote (task.json names the task, its settings and vocabularies); the
 evaluation uses the settings it was trained with (image size, text length, beam search), overridable here.
 """
@@ -61,6 +64,22 @@ def parse_args(argv: list[str] | None) -> EvaluateConfig:
     return config_from(EvaluateConfig, vars(build_parser().parse_args(argv)))
 
 
+# Tasks whose predictions are one label of a fixed set, and that label set. The labels come from each
+# task's per-row sample lines ("label", "predicted"), so the matrix needs no second pass over the data.
+CONFUSION_LABELS = {"classification": lambda header: list(header["labels"]), "nlvr2": lambda header: ["False", "True"]}
+CONFUSION_MAX_LABELS = 100  # beyond this a matrix is unreadable in the KFP UI and too big for its metadata
+
+
+def confusion_matrix(samples: list[dict], labels: list[str]) -> list[list[int]]:
+    """counts[true][predicted] from sample predictions carrying ("label", x) and ("predicted", y) lines."""
+    index = {label: i for i, label in enumerate(labels)}
+    counts = [[0] * len(labels) for _ in labels]
+    for sample in samples:
+        lines = dict(sample["lines"])
+        counts[index[lines["label"]]][index[lines["predicted"]]] += 1
+    return counts
+
+
 def default_test_split(splits: list[str]) -> str:
     return next((s for s in ("test", "val", "dev") if s in splits), splits[-1])
 
@@ -96,10 +115,17 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     split = cfg.split or default_test_split(data.splits(cfg.data))
     device = resolve_device(cfg.device)
     model.to(device).eval()
+    labels = CONFUSION_LABELS[cfg.task](header) if cfg.task in CONFUSION_LABELS else None
+    if labels is not None and len(labels) > CONFUSION_MAX_LABELS:
+        labels = None
     metrics, samples, count = evaluate_split(
         model, cfg.task, cfg.data, split, header=header, tokenizer=TextTokenizer.load(cfg.text_tokenizer),
-        settings=settings, device=device, max_examples=cfg.max_examples, num_samples=cfg.num_samples,
-        progress=cfg.progress)
+        settings=settings, device=device, max_examples=cfg.max_examples,
+        num_samples=cfg.num_samples if labels is None else 2**62, progress=cfg.progress)  # every row: the matrix
+    if labels is not None:
+        io.write_json(io.join(cfg.out, "confusion_matrix.json"),
+                      {"labels": labels, "matrix": confusion_matrix(samples, labels)})
+        samples = samples[:cfg.num_samples]
     doc = {**metrics_document(cfg.task, split, metrics, cfg.data), "model_dir": cfg.model_dir}
     io.write_json(io.join(cfg.out, "metrics.json"), doc)
     write_report(io.join(cfg.out, "report.html"), task=cfg.task, data_uri=cfg.data, metrics=doc, samples=samples,

@@ -33,15 +33,31 @@ from torch import nn
 
 from beit3core import data, io
 from beit3core.errors import ArgumentParser, UserError, run_main
-from beit3core.task_checkpoint import build_task_model_for_init, save_task_model, task_meta
+from beit3core.task_checkpoint import (
+    build_task_model_for_init,
+    save_task_model,
+    task_meta,
+)
 from beit3core.tasks import TASK_NAMES, TASKS, TaskSettings, collator, settings_for
 from beit3core.tasks.common import StepContext
-from beit3core.tasks.data import check_kind, train_loader
+from beit3core.tasks.data import TrainAugment, check_kind, train_loader
 from beit3core.tasks.report import metrics_document, write_report
 from beit3core.tokenizers import TextTokenizer
 from beit3train import checkpointing
-from beit3train.config import add_arguments, config_from, field_names, make_parser, setting
-from beit3train.distributed import DistInfo, all_gather_with_grad, barrier, run_distributed
+from beit3train.config import (
+    add_arguments,
+    check_bounds,
+    config_from,
+    field_names,
+    make_parser,
+    setting,
+)
+from beit3train.distributed import (
+    DistInfo,
+    all_gather_with_grad,
+    barrier,
+    run_distributed,
+)
 from beit3train.evaluate import evaluate_split
 from beit3train.hooks import TrainHooks
 from beit3train.metrics import MetricsLogger
@@ -65,19 +81,20 @@ class FinetuneConfig:
                                      "non-train split)")
     device: str = setting("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
     seed: int = setting(0, "seed of the heads' init, the data order and the task's random draws", exact=True)
-    threads: int = setting(0, "torch intra-op threads (0: torch's default)")
-    num_workers: int = setting(0, "DataLoader workers per rank")
-    num_samples: int = setting(8, "sample predictions shown in the report")
-    max_eval_examples: int = setting(0, "evaluate on the first N rows only (0: all)")
-    log_every: int = setting(10, "steps between logged metrics")
+    threads: int = setting(0, "torch intra-op threads (0: torch's default)", bounds="[0, inf)")
+    num_workers: int = setting(0, "DataLoader workers per rank", bounds="[0, inf)")
+    num_samples: int = setting(8, "sample predictions shown in the report", bounds="[0, inf)")
+    max_eval_examples: int = setting(0, "evaluate on the first N rows only (0: all)", bounds="[0, inf)")
+    log_every: int = setting(10, "steps between logged metrics", bounds="[1, inf)")
     ckpt_every_epochs: int = setting(0, "checkpoint to OUT/checkpoints/ every N epochs and resume from the "
-                                     "latest one (0: off)")
-    keep_last: int = setting(2, "complete checkpoints to keep")
+                                     "latest one (0: off)", bounds="[0, inf)")
+    keep_last: int = setting(2, "complete checkpoints to keep", bounds="[1, inf)")
     progress: bool = setting(True, "progress bars")
     settings: TaskSettings = setting(TaskSettings(), "the task's released recipe with the flags' changes",
                                      exact=True)
 
     def __post_init__(self):
+        check_bounds(self)  # each out-of-range number named by its flag
         if self.ckpt_every_epochs < 0 or self.keep_last < 1:
             raise UserError("--ckpt-every-epochs must be >= 0 and --keep-last >= 1")
         if min(self.threads, self.num_workers, self.num_samples, self.max_eval_examples) < 0 or self.log_every < 1:
@@ -171,8 +188,8 @@ def build(cfg: FinetuneConfig, dist_info: DistInfo) -> _Run:
     # experts in classification) and use the backbone twice (retrieval's image and text passes).
     train_model, _ = wrap_model(model, dist_info, static_graph=True)
     loader = train_loader(task, cfg.data, cfg.train_split, collator(task, tokenizer, s.max_len, header),
-                          img_size=s.img_size, batch_size=s.batch_size, hflip=s.hflip,
-                          crop_scale=(s.crop_scale_min, 1.0), seed=cfg.seed, rank=dist_info.rank,
+                          img_size=s.img_size, batch_size=s.batch_size, augment=TrainAugment.of(s),
+                          seed=cfg.seed, rank=dist_info.rank,
                           world_size=dist_info.world_size, num_workers=cfg.num_workers)
     per_epoch = len(loader)
     if per_epoch == 0:

@@ -22,9 +22,9 @@ import tempfile
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from beit3core import io
+from beit3core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class MetricsLogger:
         self._tb = SummaryWriter(os.path.join(self.local_dir, "tb"),
                                  purge_step=start_step + 1 if start_step > 0 else None)
         if progress:
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+            self._bar = progress_bar(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def _restore_history(self, start_step: int) -> None:
         uri = io.join(self.run_uri, "metrics.jsonl")

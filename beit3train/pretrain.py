@@ -29,14 +29,23 @@ from beit3core import data, io
 from beit3core.checkpoint import save_model
 from beit3core.errors import ArgumentParser, UserError, run_main
 from beit3core.factory import create_model
-from beit3core.models import Beit3Config, Beit3Model
-from beit3core.pretrain import (Beit3ForPretraining, MaskingConfig, MixedBatches, Stream, accuracies,
-                                describe_grounding, find_stream_datasets, load_stream, pair_grounding)
+from beit3core.models import POSITION_INITS, Beit3Config, Beit3Model
+from beit3core.pretrain import (
+    Beit3ForPretraining,
+    MaskingConfig,
+    MixedBatches,
+    Stream,
+    accuracies,
+    describe_grounding,
+    find_stream_datasets,
+    load_stream,
+    pair_grounding,
+)
 from beit3core.pretrain.data import samples_per_step
 from beit3core.tokenizers import TextTokenizer
 from beit3core.tokenizers.visual import VisualTokenizer
 from beit3train import checkpointing
-from beit3train.config import config_from, make_parser, setting
+from beit3train.config import check_bounds, config_from, make_parser, setting
 from beit3train.distributed import DistInfo, all_reduce_sum, barrier, run_distributed
 from beit3train.hooks import TrainHooks
 from beit3train.metrics import MetricsLogger
@@ -59,35 +68,44 @@ class PretrainConfig:
     model_overrides: tuple[str, ...] = setting((), "Beit3Config fields to override, e.g. depth=2", exact=True,
                                                metavar="KEY=VALUE")
     split: str = setting("train", "split of the datasets to train on", exact=True)
-    steps: int = setting(1000, "optimizer steps", exact=True)
-    batch_images: int = setting(32, "images per step per rank", exact=True)
-    batch_texts: int = setting(32, "texts per step per rank", exact=True)
-    batch_pairs: int = setting(32, "pairs per step per rank", exact=True)
-    lr: float = setting(1e-3, "peak learning rate", exact=True)
-    warmup: int | None = setting(None, "warmup steps (default: 10%% of --steps, at most 10000)", exact=True)
-    min_lr: float = setting(1e-5, "final learning rate of the cosine schedule", exact=True)
-    weight_decay: float = setting(0.05, "AdamW weight decay", exact=True)
-    betas: tuple[float, float] = setting((0.9, 0.98), "AdamW betas", exact=True)
-    eps: float = setting(1e-6, "AdamW eps", exact=True)
-    drop_path: float = setting(0.1, "stochastic depth rate", exact=True)
-    clip_grad: float = setting(3.0, "max grad norm (0: off)", exact=True)
+    steps: int = setting(1000, "optimizer steps", exact=True, bounds="[1, inf)")
+    batch_images: int = setting(32, "images per step per rank", exact=True, bounds="[0, inf)")
+    batch_texts: int = setting(32, "texts per step per rank", exact=True, bounds="[0, inf)")
+    batch_pairs: int = setting(32, "pairs per step per rank", exact=True, bounds="[0, inf)")
+    lr: float = setting(1e-3, "peak learning rate", exact=True, bounds="(0, inf)")
+    warmup: int | None = setting(None, "warmup steps (default: 10%% of --steps, at most 10000)", exact=True,
+                                 bounds="[0, inf)")
+    min_lr: float = setting(1e-5, "final learning rate of the cosine schedule", exact=True, bounds="[0, inf)")
+    weight_decay: float = setting(0.05, "AdamW weight decay", exact=True, bounds="[0, inf)")
+    betas: tuple[float, float] = setting((0.9, 0.98), "AdamW betas", exact=True, bounds="[0, 1)")
+    eps: float = setting(1e-6, "AdamW eps", exact=True, bounds="(0, inf)")
+    drop_path: float = setting(0.1, "stochastic depth rate", exact=True, bounds="[0, 1)")
+    position_init: str = setting("small", "position tables at the start: small (the paper's range, 2.3) or normal "
+                                 "(N(0, 1), where the released code leaves them)", exact=True,
+                                 choices=POSITION_INITS)
+    clip_grad: float = setting(3.0, "max grad norm (0: off)", exact=True, bounds="[0, inf)")
     text_mask_ratio: float = setting(0.15, "masked share of monomodal text tokens", exact=True)
     pair_text_mask_ratio: float = setting(0.5, "masked share of the text tokens of pairs", exact=True)
     image_mask_ratio: float = setting(0.4, "masked share of image patches (block masking)", exact=True)
-    max_text_len: int = setting(64, "text tokens per sequence incl. <s> and </s>", exact=True)
-    ckpt_every: int = setting(200, "steps between checkpoints")
-    keep_last: int = setting(2, "complete checkpoints to keep")
+    max_text_len: int = setting(64, "text tokens per sequence incl. <s> and </s>", exact=True, bounds="[3, inf)")
+    ckpt_every: int = setting(200, "steps between checkpoints", bounds="[1, inf)")
+    keep_last: int = setting(2, "complete checkpoints to keep", bounds="[1, inf)")
     fsdp: str = setting("auto", "auto: FSDP2 for models as wide as large/giant on GPU with several processes, "
                         "else DDP", choices=("auto", "on", "off"))
     device: str = setting("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
     seed: int = setting(0, "seed of the initial weights, the data order and the masks", exact=True)
-    num_workers: int = setting(2, "DataLoader workers per rank")
-    log_every: int = setting(10, "steps between logged metrics")
+    num_workers: int = setting(2, "DataLoader workers per rank", bounds="[0, inf)")
+    log_every: int = setting(10, "steps between logged metrics", bounds="[1, inf)")
     checkpoint_activations: bool = setting(False, "recompute blocks in backward")
     eval_split: str = setting("val", "split of the pair datasets for the end-of-run grounding check")
-    grounding_pairs: int = setting(512, "held-out pairs the grounding check reads (0: skip it)")
+    grounding_pairs: int = setting(512, "held-out pairs the grounding check reads (0: skip it)", bounds="[0, inf)")
 
     def __post_init__(self):
+        check_bounds(self)  # each out-of-range number named by its flag; then the relations between them
+        for name in ("text_mask_ratio", "pair_text_mask_ratio", "image_mask_ratio"):
+            ratio = getattr(self, name)
+            if not 0 < ratio <= 1:  # also refuses nan
+                raise UserError(f"--{name.replace('_', '-')}: a mask ratio must be in (0, 1], got {ratio}")
         checks = [
             (self.steps > 0, "--steps must be > 0"),
             (min(self.batch_sizes.values()) >= 0 and sum(self.batch_sizes.values()) > 0,
@@ -98,8 +116,6 @@ class PretrainConfig:
             (all(0 <= b < 1 for b in self.betas), "--betas must be within [0, 1)"),
             (0 <= self.drop_path < 1, "--drop-path must be within [0, 1)"),
             (self.clip_grad >= 0, "--clip-grad must be >= 0"),
-            (all(0 < r <= 1 for r in (self.text_mask_ratio, self.pair_text_mask_ratio, self.image_mask_ratio)),
-             "mask ratios must be within (0, 1]"),
             (self.max_text_len >= 3, "--max-text-len must be >= 3"),
             (self.ckpt_every > 0 and self.keep_last > 0, "--ckpt-every and --keep-last must be > 0"),
             (self.num_workers >= 0 and self.log_every > 0, "--num-workers must be >= 0 and --log-every > 0"),
@@ -185,7 +201,7 @@ def build_model(cfg: PretrainConfig, vocab_size: int, visual: dict) -> Beit3ForP
     text_positions = c.text_positions - c.pos_offset
     if cfg.max_text_len > text_positions:
         raise UserError(f"--max-text-len {cfg.max_text_len}: the model has {text_positions} text positions")
-    return Beit3ForPretraining(backbone, vocab_size, visual["codebook_size"])
+    return Beit3ForPretraining(backbone, vocab_size, visual["codebook_size"], position_init=cfg.position_init)
 
 
 def load_streams(cfg: PretrainConfig, found: dict[str, list[str]]) -> dict[str, Stream]:

@@ -61,6 +61,11 @@ def test_store_up_status_env_down(tmp_path):
         assert mine and all("127.0.0.1:" in line for line in mine), mine
         assert run("store", "--dir", d, "up").returncode == 0  # idempotent
         assert store.status(d).pid == info.pid
+        # The folder and every file holding a key are private; the state names the server's argv and start time.
+        assert os.stat(d).st_mode & 0o777 == 0o700
+        for name in ("credentials.json", "s3.json", "state.json"):
+            assert os.stat(os.path.join(d, name)).st_mode & 0o777 == 0o600, name
+        assert store._identity(info.pid) == (info.cmdline, info.start_time)
     finally:
         assert "stopped" in run("store", "--dir", d, "down").stdout
     assert store.status(d) is None

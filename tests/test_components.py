@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from kfp import compiler
-from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
+from kfp.dsl import HTML, Dataset, Metrics, Model
 
 from beit3core.errors import UserError
 from beit3ops import k8s_schema, kfp_io, model_registry
@@ -22,16 +22,13 @@ from components.pretrain.component import pretrain
 from components.register.component import register
 
 
-def test_output_target_keeps_the_uri_or_moves_it_under_output_root(tmp_path):
+def test_output_target_keeps_the_uri_under_the_pipeline_root(tmp_path):
     run = "beit3-full-2026-11-27-18-49-44-675190"
     art = Dataset(name="validated", uri=str(tmp_path / run / "validate-data" / "validated"))
-    assert kfp_io.output_target(art) == art.uri
-    target = kfp_io.output_target(art, "s3://bucket/runs")
-    assert target == f"s3://bucket/runs/{run}/validate-data/validated" and art.uri == target
-    looped = Model(name="model", uri=str(tmp_path / run / "for-loop-2-iteration-1" / "finetune" / "model"))
-    assert kfp_io.output_target(looped, "s3://b/r") == f"s3://b/r/{run}/for-loop-2-iteration-1/finetune/model"
+    assert kfp_io.output_target(art) == art.uri == str(tmp_path / run / "validate-data" / "validated")
     html = HTML(name="report", uri=str(tmp_path / "r" / "t" / "report"))
     assert kfp_io.output_target(html, suffix=".html").endswith("/r/t/report.html")
+    assert kfp_io.output_target(html, suffix=".html") == html.uri  # once
 
 
 def test_log_metrics_logs_finite_numbers_with_dotted_names():
@@ -76,32 +73,42 @@ def evaluated(tmp_path):
     (run / "model" / "model.safetensors").write_bytes(b"w")
     ev = tmp_path / "eval"
     ev.mkdir()
-    (ev / "metrics.json").write_text(json.dumps({"accuracy": 0.66}))
-    return (Model(name="model", uri=str(run), metadata={}), Artifact(name="evaluation", uri=str(ev), metadata={}),
-            Dataset(name="validated", uri=str(tmp_path / "v"), metadata={"version": "md5:1234"}))
+    (ev / "metrics.json").write_text(json.dumps({"vqa_score": 66.0, "dataset_version": "md5:1234"}))
+    return str(run), str(ev)
 
 
 def test_register_component_records_lineage(evaluated, tmp_path):
-    model, evaluation, validated = evaluated
+    """Registration takes URIs (the launcher copies nothing into its pod); the dataset version comes from the
+    evaluation's metrics.json."""
+    run, evaluation = evaluated
     reg = tmp_path / "registry.json"
     version = register.python_func(
-        finetuned=model, evaluation=evaluation, validated=validated, task={"task": "vqa", "require": ["accuracy>=0.6"]},
+        finetuned_uri=run, evaluation_uri=evaluation, task={"task": "vqa", "require": ["vqa_score>=60"]},
         model_name="beit3", model_version="0.2.0", registry=f"local:{reg}", run_id="0123456789abcdef",
         run_name="beit3-full-run",
     )
     assert version == "0.2.0-01234567"
     (entry,) = model_registry.LocalRegistry(str(reg)).entries()
-    assert entry["name"] == "beit3-vqa" and entry["uri"] == f"{model.uri}/model"
+    assert entry["name"] == "beit3-vqa" and entry["uri"] == f"{run}/model"
     assert entry["dataset_version"] == "md5:1234" and entry["run_id"] == "0123456789abcdef"
-    assert entry["metrics"] == {"accuracy": 0.66}
+    assert entry["metrics"] == {"vqa_score": 66.0}
 
 
 def test_register_component_refuses_below_threshold(evaluated, tmp_path):
-    model, evaluation, validated = evaluated
-    with pytest.raises(model_registry.RegistrationRefused, match="accuracy=0.66 does not satisfy >=0.9"):
-        register.python_func(finetuned=model, evaluation=evaluation, validated=validated,
-                             task={"task": "vqa", "require": ["accuracy>=0.9"]}, registry=f"local:{tmp_path / 'r.json'}")
+    run, evaluation = evaluated
+    with pytest.raises(model_registry.RegistrationRefused, match="vqa_score=66 does not satisfy >=90"):
+        register.python_func(finetuned_uri=run, evaluation_uri=evaluation,
+                             task={"task": "vqa", "require": ["vqa_score>=90"]}, registry=f"local:{tmp_path / 'r.json'}")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_register_component_without_a_registry_checks_the_gate_only(evaluated, tmp_path):
+    run, evaluation = evaluated
+    task = {"task": "vqa", "require": ["vqa_score>=60"]}
+    assert register.python_func(finetuned_uri=run, evaluation_uri=evaluation, task=task, registry="none") == "0.1.0"
+    with pytest.raises(model_registry.RegistrationRefused):
+        register.python_func(finetuned_uri=run, evaluation_uri=evaluation, registry="",
+                             task={"task": "vqa", "require": ["vqa_score>=90"]})
 
 
 # ------------------------------------------------------------------------------------------ pretrain
@@ -116,6 +123,9 @@ class _SucceedingApi:
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         self.jobs.append(body)
 
+    def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector=""):
+        return {"items": []}  # no earlier attempt to adopt
+
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         return {"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}}
 
@@ -125,22 +135,24 @@ class _SucceedingApi:
 
 def test_pretrain_component_submits_a_valid_pytorchjob(tmp_path, monkeypatch):
     api = _SucceedingApi()
-    monkeypatch.setattr(launch_cli, "kubernetes_api", lambda: api)
+    monkeypatch.setattr(launch_cli, "kubernetes_apis", lambda: (api, None))
     monkeypatch.setenv("NAMESPACE", "team-ml")
+    monkeypatch.setenv("KFP_RUN_ID", "8d3c1b2a-0000")
     run = tmp_path / "pipe-run" / "pretrain" / "model"
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({"step": 10, "loss": {"mlm": 2.5}}))
     model, metrics = Model(name="model", uri=str(run)), Metrics(name="metrics", uri=str(tmp_path / "m"))
-    pretrain.python_func(
-        validated=Dataset(name="v", uri="s3://b/validated"), text_tokens=Dataset(name="t", uri="s3://b/text"),
-        visual_tokens=Dataset(name="vt", uri="s3://b/visual"), model=model, metrics=metrics,
-        arch="beit3_large_patch16_224", steps=10, extra_args=["--batch-pairs", "8"], backend="pytorchjob",
-        image=IMAGE, replicas=4, gpus_per_replica=8, node_selector={"pool": "a100"}, run_id="8d3c1b2a-0000",
+    out = pretrain.python_func(
+        validated_uri="s3://b/validated", text_tokens_uri="s3://b/text", visual_tokens_uri="s3://b/visual",
+        model=model, metrics=metrics, arch="beit3_large_patch16_224", steps=10, extra_args=["--batch-pairs", "8"],
+        backend="pytorchjob", image=IMAGE, replicas=4, gpus_per_replica=8, gpu_node_selector={"pool": "a100"},
         timeout_s=60,
     )
+    assert out.model_dir == f"{run}/model"
     (job,) = api.jobs
     assert k8s_schema.validation_errors(job) == []
-    assert job["metadata"]["namespace"] == "team-ml" and job["metadata"]["name"] == "beit3-pretrain-8d3c1b2a-000"
+    assert job["metadata"]["namespace"] == "team-ml" and job["metadata"]["name"].startswith("beit3-pretrain-")
+    assert job["metadata"]["labels"]["beit3.dev/run-id"] == "8d3c1b2a-0000"  # from the pod label, not a parameter
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3 and job["spec"]["nprocPerNode"] == "8"
     assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 60
     c = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]

@@ -117,18 +117,18 @@ def test_vqav2_normalises_answers_and_builds_the_vocabulary(tmp_path):
             put(src / subtype / f"COCO_{subtype}_{i:012d}.jpg", img((20 * i, 0, 0)))
         qs = [{"image_id": i, "question": f"what is {i}?", "question_id": i * 10} for i in ids]
         put(src / f"v2_OpenEnded_mscoco_{subtype}_questions.json", json.dumps({"data_subtype": subtype, "questions": qs}))
-        ann = [{"image_id": i, "question_id": i * 10,
+        ann = [{"image_id": i, "question_id": i * 10, "multiple_choice_answer": "two",
                 "answers": [{"answer": a, "answer_id": k} for k, a in enumerate(["Two", "2", "two.", "a dog", "3"])]}
                for i in ids]
         put(src / f"v2_mscoco_{subtype}_annotations.json", json.dumps({"annotations": ann}))
-    raw, d = check(tmp_path, "vqav2", src, min_answer_count=4)
-    assert data.read_header(raw)["answers"] == ["2"]  # "2" x6 in training; "dog" x2, "3" x2
+    raw, d = check(tmp_path, "vqav2", src, min_answer_count=3)
+    assert data.read_header(raw)["answers"] == ["2"]  # multiple_choice_answer "two" x3 over train + val
     row = data.read_rows(raw, "train")[0]
     assert row == {"id": 10, "image": "images/train2014/COCO_train2014_000000000001.jpg", "image_id": 1,
                    "question": "what is 1?", "answers": ["2", "2", "2", "dog", "3"]}
     assert data.splits(raw) == ["train", "val"] and d["clean"] == 3
     assert normalize_answer("Yes!") == "yes" and normalize_answer("the 10,000") == "10000"
-    assert answer_vocabulary([["a", "b"], ["a"]], 2) == ["a"]
+    assert answer_vocabulary(["y", "x", "z", "x", "y"], 2) == ["y", "x"]  # first-seen order
 
 
 def test_nlvr2(tmp_path):
@@ -180,5 +180,7 @@ def test_unknown_format_and_missing_source(tmp_path):
         import_dataset("parquet", str(tmp_path), str(tmp_path / "o"))
     with pytest.raises(UserError, match="no such file"):
         import_dataset("text", str(tmp_path / "nope"), str(tmp_path / "o"))
+    src = tmp_path / "src"
+    src.mkdir()
     with pytest.raises(UserError, match="dataset_coco.json"):
-        import_dataset("coco-karpathy", str(tmp_path), str(tmp_path / "o"))
+        import_dataset("coco-karpathy", str(src), str(tmp_path / "o"))

@@ -171,7 +171,7 @@ def test_every_kind_rule_quarantines(tmp_path):
     rows = {
         "train": [
             {"id": 1, "image": "images/0.jpg", "image_id": 0, "question": "is it red?", "answers": ["yes"] * 10},
-            {"id": 2, "image": "images/0.jpg", "image_id": 0, "question": "how many?", "answers": ["two", "Two"]},
+            {"id": 2, "image": "images/0.jpg", "image_id": 0, "question": "how many?", "answers": ["three", "Three"]},
             {"id": 3, "image": "images/1.jpg", "image_id": 1, "question": "shared?", "answers": ["no"]},
             {"id": 4, "image": "images/tiny.jpg", "image_id": 7, "question": "tiny?", "answers": ["no"]},
             {"id": 5, "image": "/etc/passwd", "image_id": 8, "question": "abs?", "answers": ["no"]},

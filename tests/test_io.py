@@ -1,6 +1,7 @@
 """beit3core.io: URIs, atomic writes and fingerprints, locally and on the real local S3 store."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,10 +30,9 @@ def test_round_trips(base):
 
 def test_atomic_write_publishes_nothing_on_failure(base):
     target = io.join(base, "out.bin")
-    with pytest.raises(RuntimeError):
-        with io.atomic_write(target) as f:
-            f.write(b"partial")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), io.atomic_write(target) as f:
+        f.write(b"partial")
+        raise RuntimeError("killed mid-write")
     assert not io.exists(target)
     assert io.ls(base) == [] if io.exists(base) else True
 
@@ -47,14 +47,13 @@ def test_fingerprint_tracks_content(base):
 
 def test_local_path_round_trip(base, tmp_path):
     target = io.join(base, "model.bin")
-    with io.local_path(target, "w") as local:
-        with open(local, "wb") as f:
-            f.write(b"weights")
+    with io.local_path(target, "w") as local, open(local, "wb") as f:
+        f.write(b"weights")
     with io.local_path(target) as local:
-        assert open(local, "rb").read() == b"weights"
+        assert Path(local).read_bytes() == b"weights"
     io.put_dir(_make_dir(tmp_path), io.join(base, "dir"))
     got = io.get_dir(io.join(base, "dir"), str(tmp_path / "back"))
-    assert open(os.path.join(got, "sub", "f.txt")).read() == "x"
+    assert Path(got, "sub", "f.txt").read_text() == "x"
 
 
 def _make_dir(tmp_path):
@@ -67,3 +66,25 @@ def _make_dir(tmp_path):
 def test_missing_input_is_a_user_error(base):
     with pytest.raises(UserError, match="no such file"):
         io.read_bytes(io.join(base, "missing.json"))
+
+
+def test_a_folder_where_a_file_belongs_is_a_user_error(base):
+    io.write_text(io.join(base, "d", "f.txt"), "x")
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        io.read_bytes(io.join(base, "d"))
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    target = str(tmp_path / "f.json")
+    io.write_json(target, {"v": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(UserError, match=r"f\.json: cannot write: no space left on device"):
+        io.write_json(target, {"v": 2})
+    monkeypatch.undo()
+    assert io.read_json(target) == {"v": 1} and os.listdir(tmp_path) == ["f.json"]

@@ -14,22 +14,29 @@ import yaml
 from beit3core.errors import UserError
 from beit3ops import k8s_schema
 from beit3ops.launch import cli, local, specs, watch
-from beit3ops.launch.config import NAME_RE, JobCancelled, JobFailed, JobTimeout, LaunchConfig, job_name
+from beit3ops.launch.config import (
+    NAME_RE,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    LaunchConfig,
+    job_name,
+)
 from beit3ops.launch.watch import JobWatcher
 
 
 def _cfg(**kw) -> LaunchConfig:
-    base = dict(
-        step="pretrain",
-        args=("--data", "s3://bucket/data", "--steps", "10"),
-        name="beit3-pretrain-abc",
-        namespace="ml",
-        image="registry.example/beit3:1",
-        replicas=3,
-        nproc_per_node=4,
-        gpus_per_node=4,
-        node_selector=(("nvidia.com/gpu.product", "H100"),),
-    )
+    base = {
+        "step": "pretrain",
+        "args": ("--data", "s3://bucket/data", "--steps", "10"),
+        "name": "beit3-pretrain-abc",
+        "namespace": "ml",
+        "image": "registry.example/beit3:1",
+        "replicas": 3,
+        "nproc_per_node": 4,
+        "gpus_per_node": 4,
+        "node_selector": (("nvidia.com/gpu.product", "H100"),),
+    }
     base.update(kw)
     return LaunchConfig(**base)
 
@@ -69,7 +76,8 @@ def test_single_replica_has_no_worker_and_cpu_job_has_no_gpu():
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert list(replicas) == ["Master"]
     c = replicas["Master"]["template"]["spec"]["containers"][0]
-    assert c["resources"] == {"limits": {"cpu": "4", "memory": "8Gi"}, "requests": {"cpu": "4", "memory": "8Gi"}}
+    # cpu and memory requested (quota admission), memory limited, no cpu limit unless asked for
+    assert c["resources"] == {"limits": {"memory": "8Gi"}, "requests": {"cpu": "4", "memory": "8Gi"}}
     assert "tolerations" not in replicas["Master"]["template"]["spec"]
 
 
@@ -167,7 +175,9 @@ def test_unknown_kind_is_reported():
     [
         ({"name": "Beit3_Pretrain"}, "--name"),
         ({"replicas": 0}, "--replicas"),
-        ({"nproc_per_node": 0}, "--nproc-per-node"),
+        ({"nproc_per_node": -1}, "--nproc-per-node"),
+        ({"memory": "lots"}, "--memory"),
+        ({"queue_name": "team queue"}, "--queue-name"),
         ({"step": "tokenize"}, "step"),
         ({"env": (("AWS_SECRET_ACCESS_KEY", "x"),)}, "--env AWS_SECRET_ACCESS_KEY"),
     ],

@@ -1,10 +1,12 @@
 """The whole pipeline without a cluster: kfp.local SubprocessRunner (use_venv=False) on a tiny slice of the
-synthetic collection, every stage output on the local S3 store, pretraining as 2 local torchrun processes,
-two tasks fine-tuned in parallel, evaluated and registered. Then every artifact it produced is checked."""
+synthetic collection read from the local S3 store, every stage output under the local pipeline root (steps
+pass each other URIs), pretraining as 2 local torchrun processes, two tasks fine-tuned in parallel, evaluated
+and registered, inside the exit handler. Then every artifact it produced is checked."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -44,7 +46,8 @@ def local_runner(tmp_path):
 
 
 def _one(uris: list[str], needle: str) -> str:
-    hits = [u for u in uris if needle in u]
+    """The one URI that contains `needle` (a regular expression)."""
+    hits = [u for u in uris if re.search(needle, u)]
     assert len(hits) == 1, (needle, hits)
     return hits[0]
 
@@ -57,12 +60,10 @@ def test_full_pipeline_runs_locally(s3_store, s3_prefix, tmp_path, local_runner)
     assert data_cli.main(["synth", str(raw), "--scale", "0.02", "--seed", "1"]) == 0
     dataset_uri = f"{s3_prefix}/raw"
     io.put_dir(str(raw), dataset_uri)
-    output_root = f"{s3_prefix}/outputs"
     registry_file = tmp_path / "registry.json"
 
     full_pipeline(
         dataset_uri=dataset_uri,
-        output_root=output_root,
         text_vocab_size=60,
         visual_codebook_size=32,
         visual_img_size=64,
@@ -82,8 +83,9 @@ def test_full_pipeline_runs_locally(s3_store, s3_prefix, tmp_path, local_runner)
         registry=f"local:{registry_file}",
     )
 
-    # every stage wrote its outputs on S3, under one run folder
-    objects = io.ls(output_root, recursive=True)
+    # every stage wrote its outputs under the pipeline root, in one run folder
+    output_root = str(local_runner)
+    objects = [str(p) for p in local_runner.rglob("*") if p.is_file() and ".kfp_cache" not in p.parts]
     (run,) = {u[len(output_root) + 1:].split("/")[0] for u in objects}
     assert run.startswith("beit3-full-")
     validated = _one(objects, "/validate-data/validated/validation.json").rsplit("/", 1)[0]
@@ -101,10 +103,14 @@ def test_full_pipeline_runs_locally(s3_store, s3_prefix, tmp_path, local_runner)
     assert pre_summary["steps"] == 2 and pre_summary["world_size"] == 2  # two torchrun processes
     assert any(u.startswith(f"{pre}/checkpoints/") for u in objects)
 
-    for i, task in enumerate(TASKS):
-        it = f"/for-loop-2-iteration-{i}/"
-        ft = _one(objects, f"{it}finetune/model/model/model.safetensors").rsplit("/model/model.safetensors", 1)[0]
-        assert io.read_json(io.join(ft, "metrics.json"))["task"] == task["task"]
+    # one fine-tuning run per task, each in its loop iteration's folder (found by its metrics' task name)
+    runs = {io.read_json(u.replace("/model/model.safetensors", "/metrics.json"))["task"]:
+            u.rsplit("/model/model.safetensors", 1)[0]
+            for u in objects if re.search(r"/finetune/model/model/model\.safetensors$", u)}
+    assert sorted(runs) == sorted(t["task"] for t in TASKS), sorted(u for u in objects if "/finetune/" in u)
+    for task in TASKS:
+        ft = runs[task["task"]]
+        it = re.escape(ft.rsplit("/finetune/model", 1)[0]) + "/"
         assert io.read_json(io.join(ft, "metrics.json"))["train"]["init"] == f"{pre}/model"
         _one(objects, f"{it}finetune/report.html")
         ev = _one(objects, f"{it}evaluate/evaluation/metrics.json")
@@ -118,12 +124,16 @@ def test_full_pipeline_runs_locally(s3_store, s3_prefix, tmp_path, local_runner)
     pre_metrics = logged["pretrain"]["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert pre_metrics["steps"] == 2 and "mlm_acc" in pre_metrics
     eval_metrics = logged["evaluate"]["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert "acc1" in eval_metrics or "selection_value" in eval_metrics
+    # named `<task>.<metric>` so the run's compare view keeps the tasks apart
+    (task_name,) = {k.split(".", 1)[0] for k in eval_metrics}
+    assert task_name in {t["task"] for t in TASKS} and len(eval_metrics) > 1
 
     # both fine-tuned models are registered with their lineage
     entries = json.loads(registry_file.read_text())["models"]
     assert sorted(e["name"] for e in entries) == ["beit3-test-classification", "beit3-test-retrieval"]
-    validated_version = io.fingerprint(io.join(validated, "validation.json"))
     for e in entries:
+        data = next(t["data"] for t in TASKS if e["name"] == f"beit3-test-{t['task']}")
         assert e["uri"].startswith(output_root) and e["uri"].endswith("/finetune/model/model")
-        assert e["dataset_version"] == validated_version and e["run_id"] and e["metrics"]
+        # the evaluated dataset's fingerprint (beit3core.tasks.report.metrics_document)
+        assert e["dataset_version"] == io.fingerprint(io.join(validated, data, "dataset.json"))
+        assert e["run_id"] and e["metrics"]

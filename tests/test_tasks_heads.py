@@ -268,13 +268,14 @@ def test_beam_search_beats_greedy_on_a_known_case():
 
 
 def test_beam_search_length_penalty():
-    # [3] scores log(0.5)/2**lp, [4, 5] scores log(0.5*0.9*0.95)/3**lp
+    # released lengths count <s> and </s>: [3] scores log(0.5)/3**lp, [4, 5] scores log(0.5*0.9*0.95)/4**lp
     table = {0: {3: 0.5, 4: 0.5}, 3: {2: 1.0}, 4: {5: 0.9, 2: 0.1}, 5: {2: 0.95, 5: 0.05}}
     step = _markov(table, 6)
     short = math.log(0.5)
     long = math.log(0.5 * 0.9 * 0.95)
+    assert [3] == beam_search(step, 1, bos_id=0, eos_id=2, num_beams=3, max_len=8, length_penalty=0.6)[0]
     for lp in (0.0, 0.6, 3.0):
-        best = [3] if short / 2**lp >= long / 3**lp else [4, 5]
+        best = [3] if short / 3**lp >= long / 4**lp else [4, 5]
         assert beam_search(step, 1, bos_id=0, eos_id=2, num_beams=3, max_len=8, length_penalty=lp) == [best]
     assert [4, 5] == beam_search(step, 1, bos_id=0, eos_id=2, num_beams=3, max_len=8, length_penalty=3.0)[0]
 
@@ -288,10 +289,12 @@ def test_beam_search_exhaustive_matches_brute_force():
         table[last] = {2: p[0], 3: p[1], 4: p[2]}
     step = _markov(table, vocab)
     best, best_seq = -1e9, None
-    for length in range(0, max_len - 1):
+    for length in range(0, max_len - 2):  # at most max_len - 3 words (released)
         for words in itertools.product((3, 4), repeat=length):
             seq = [0, *words]
-            score = sum(math.log(table[a][b]) for a, b in zip(seq, seq[1:])) + math.log(table[seq[-1]][2])
+            # the released last step finishes the prefix with its likeliest next token, </s> or not
+            end = max(table[seq[-1]].values()) if length == max_len - 3 else table[seq[-1]][2]
+            score = sum(math.log(table[a][b]) for a, b in zip(seq, seq[1:])) + math.log(end)
             if score > best:
                 best, best_seq = score, list(words)
     got = beam_search(step, 1, bos_id=0, eos_id=2, num_beams=16, max_len=max_len, length_penalty=0.0)
@@ -327,5 +330,5 @@ def test_caption_generation_kv_cache_matches_full_recompute():
     full = generate(model, images, use_cache=False, **kw)
     cached = generate(model, images, use_cache=True, **kw)
     assert cached == full
-    assert all(0 < len(c) <= 8 for c in full)
+    assert all(0 < len(c) <= 7 for c in full)  # at most max_len - 3 words
     assert all(t not in (0, 1, 39) for c in full for t in c)

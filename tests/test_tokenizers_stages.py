@@ -123,3 +123,92 @@ def test_tokenize_visual_user_errors(validated, tmp_path, capsys):
     assert main(["visual", "--data", str(validated), "--out", str(tmp_path / "o"), "--img-size", "60"]) == 2
     assert main(["visual", "--data", str(validated), "--out", str(tmp_path / "o"),
                  "--import-checkpoint", str(tmp_path / "none.pth")]) == 2
+
+
+# -- whole outputs and their consumers (issue 16) ----------------------------------------------------------------------
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def text_tokens(validated, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "text"
+    assert main(["text", "--data", str(validated), "--out", str(out), "--vocab-size", "48", "--no-progress"]) == 0
+    return out
+
+
+def test_tokenize_text_publishes_tokenizer_and_tokens_together(validated, text_tokens, tmp_path, monkeypatch,
+                                                               capsys):
+    """A stage dying while it writes tokens (here: the second split) leaves the previous output as it was: never
+    a new tokenizer beside old tokens."""
+    import shutil
+
+    from beit3core.tokenizers import stages
+
+    out = tmp_path / "text"
+    shutil.copytree(text_tokens, out)
+    before = _tree(out)
+    real, calls = stages.encode_corpus, []
+
+    def dies_on_second_split(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill would, mid-stage
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "encode_corpus", dies_on_second_split)
+    assert main(["text", "--data", str(validated), "--out", str(out), "--vocab-size", "40", "--no-progress"]) == 130
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["text"]
+    record = json.loads((out / ".beit3-output.json").read_text())
+    assert record["stage"] == "tokenize text" and record["tokenizer_fingerprint"]
+
+
+def test_tokenize_refuses_a_partial_collection_and_a_foreign_out(validated, tmp_path, capsys):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(validated, partial)
+    for gone in ("pairs", "tasks/vqa", "tasks/nlvr2", "tasks/retrieval", "text"):  # 3 of 8 datasets left
+        shutil.rmtree(partial / gone)
+    assert main(["text", "--data", str(partial), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "incomplete or changed output of `beit3 data validate`" in _error_line(capsys)
+    assert main(["text", "--data", str(validated), "--out", str(validated / "tok"), "--no-progress"]) == 2
+    assert "must be outside --data" in _error_line(capsys)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    assert main(["visual", "--data", str(validated), "--out", str(mine), "--no-progress"]) == 2
+    assert "is not an output of `beit3 tokenize visual`" in _error_line(capsys)
+    assert (mine / "keep.txt").read_text() == "keep" and not (tmp_path / "o").exists()
+
+
+def test_pretraining_refuses_tokens_beside_another_tokenizer(validated, text_tokens, tmp_path):
+    import shutil
+
+    from beit3core import publish
+    from beit3core.errors import UserError
+    from beit3core.pretrain.data import check_inputs
+
+    check_inputs(str(validated), str(text_tokens), None)  # whole and consistent
+    changed = tmp_path / "changed"
+    shutil.copytree(text_tokens, changed)
+    meta = changed / "tokenizer" / "meta.json"
+    text = meta.read_text()
+    meta.write_text(text.replace('"kind": "sentencepiece-unigram"', '"kind": "sentencepiece-UNIGRAM"'))  # same size
+    with pytest.raises(UserError, match="not the tokenizer its tokens were made with"):
+        check_inputs(str(validated), str(changed), None)
+    other = tmp_path / "other"
+    shutil.copytree(text_tokens, other)
+    (other / "tokens" / "pairs" / "train.npz").unlink()  # a token file lost
+    publish._VERIFIED.clear()
+    with pytest.raises(UserError, match=r"--text-tokenizer .*incomplete or changed output of `beit3 tokenize text`"):
+        check_inputs(str(validated), str(other), None)
+    with pytest.raises(UserError, match="is the output of `beit3 tokenize text`, expected `beit3 tokenize visual`"):
+        check_inputs(str(validated), None, str(text_tokens))

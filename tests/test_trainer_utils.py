@@ -110,7 +110,8 @@ def _state(step):
     model_sd, optim_sd = checkpointing.full_state(model, opt)
     return {"model": model_sd, "optimizer": optim_sd, "step": step, "samples_seen": step * 4,
             "data_position": {"step": step}, "rng": [checkpointing.capture_rng_state()],
-            "config": {"lr": 1e-3, "betas": (0.9, 0.98), "name": "x", "none": None}}
+            "config": {"lr": 1e-3, "betas": (0.9, 0.98), "name": "x", "none": None}, "scheduler": {},
+            "world_size": 1}
 
 
 def test_checkpoint_roundtrip_keep_last_and_partial(tmp_path):

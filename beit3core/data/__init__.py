@@ -17,7 +17,6 @@ stays light (Great Expectations is imported only inside validation).
 """
 
 from beit3core._lazy import lazy_getattr
-
 from beit3core.data.formats import KINDS, find_datasets, is_dataset, make_header
 from beit3core.data.reading import (
     clear_cache,

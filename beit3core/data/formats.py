@@ -13,10 +13,12 @@ A collection is a folder of datasets (any depth); the data commands treat every 
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field
 
 from beit3core import io
+from beit3core.data.names import validate_name
 from beit3core.errors import UserError
 
 FORMAT_VERSION = 1
@@ -77,15 +79,16 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 
 def kind_spec(kind: str, where: str = "dataset.json") -> KindSpec:
-    try:
+    if isinstance(kind, str) and kind in KINDS:
         return KINDS[kind]
-    except KeyError:
-        raise UserError(f"{where}: field 'kind': unknown kind {kind!r} (one of {', '.join(KINDS)})") from None
+    raise UserError(f"{where}: field 'kind': unknown kind {kind!r} (one of {', '.join(KINDS)})")
 
 
 def make_header(kind: str, name: str, splits: list[str], source: dict | None = None, **vocabularies) -> dict:
     """A `dataset.json` header: kind, name, splits, source and vocabularies (labels=[...], answers=[...])."""
     kind_spec(kind)
+    check_splits(splits, "dataset.json: field 'splits'")
+    validate_name(name, what="dataset name")
     header = {"format_version": FORMAT_VERSION, "kind": kind, "name": name, "splits": list(splits),
               "source": source or {}}
     header.update({k: list(v) for k, v in vocabularies.items() if v is not None})
@@ -100,12 +103,13 @@ def check_header(header: object, where: str) -> dict:
         if key not in header:
             raise UserError(f"{where}: missing field {key!r}")
     spec = kind_spec(header["kind"], where)
-    splits = header["splits"]
-    if not isinstance(splits, list) or not splits or not all(isinstance(s, str) and s for s in splits):
-        raise UserError(f"{where}: field 'splits': expected a non-empty list of names")
-    for vocab_key in set(spec.vocab.values()):
-        if vocab_key in header and not isinstance(header[vocab_key], list):
-            raise UserError(f"{where}: field {vocab_key!r}: expected a list")
+    validate_name(header["name"], what=f"{where}: field 'name'")
+    check_splits(header["splits"], f"{where}: field 'splits'")
+    for vocab_key in sorted(set(spec.vocab.values())):
+        if vocab_key in header:
+            _check_vocabulary(header[vocab_key], f"{where}: field {vocab_key!r}")
+    if not isinstance(header.get("source", {}), dict):
+        raise UserError(f"{where}: field 'source': expected an object")
     if spec.kind in ("classification",) and not header.get("labels"):
         raise UserError(f"{where}: field 'labels': a classification dataset needs its label list")
     if spec.kind == "vqa" and not header.get("answers"):
@@ -113,8 +117,33 @@ def check_header(header: object, where: str) -> dict:
     return header
 
 
+def check_splits(splits: object, what: str) -> list[str]:
+    """A non-empty list of distinct split names, each safe as a file name (`<split>.jsonl`)."""
+    if not isinstance(splits, list) or not splits:
+        raise UserError(f"{what}: expected a non-empty list of names")
+    for split in splits:
+        validate_name(split, what=what)
+    dups = sorted({s for s in splits if splits.count(s) > 1})
+    if dups:
+        # a split listed twice would be read (and counted) twice
+        raise UserError(f"{what}: split {dups[0]!r} listed more than once")
+    return splits
+
+
+def _check_vocabulary(vocab: object, what: str) -> None:
+    """A vocabulary (labels, answers) is a list of strings that are valid UTF-8 (GX cannot hash lone surrogates)."""
+    if not isinstance(vocab, list):
+        raise UserError(f"{what}: expected a list")
+    for n, v in enumerate(vocab):
+        if not isinstance(v, str):
+            raise UserError(f"{what}: entry {n}: expected a string, got {type(v).__name__}")
+        if not v.isascii() and any("\ud800" <= ch <= "\udfff" for ch in v):
+            raise UserError(f"{what}: entry {n}: not valid UTF-8")
+
+
 def split_file(split: str) -> str:
-    return f"{split}.jsonl"
+    # every caller's split name passed validate_name (check_header, make_header); refuse any that did not
+    return f"{validate_name(split, what='split')}.jsonl"
 
 
 def is_dataset(uri: str) -> bool:
@@ -128,14 +157,16 @@ def find_datasets(uri: str) -> list[str]:
     if not io.isdir(uri):
         raise UserError(f"{uri}: no such dataset or collection")
     found = []
-    base = io.filesystem(uri)[1].rstrip("/")
     for entry in io.ls(uri, recursive=True):
-        path = io.filesystem(entry)[1]
-        if posixpath.basename(path) == HEADER:
-            rel = posixpath.relpath(posixpath.dirname(path), base) if not io.is_remote(uri) else \
-                posixpath.dirname(path)[len(base) + 1:]
-            rel = rel.replace("\\", "/")
+        # Names come from the logical listing: a physical S3 path may run through a published generation.
+        inner = entry[len(uri.rstrip("/")) + 1:] if io.is_remote(uri) else os.path.relpath(entry, uri)
+        inner = inner.replace("\\", "/")
+        if posixpath.basename(inner) == HEADER:
+            rel = posixpath.dirname(inner) or "."
             if SHARD_DIR not in rel.split("/"):
+                if rel != ".":  # each part names an output folder downstream (an S3 key may hold `..`)
+                    for part in rel.split("/"):
+                        validate_name(part, what=f"{uri}: dataset folder {rel!r}")
                 found.append("" if rel == "." else rel)
     if not found:
         raise UserError(f"{uri}: no dataset.json found (not a dataset or a collection of datasets)")

@@ -9,16 +9,20 @@ from __future__ import annotations
 import io as _pyio
 import json
 import random
+import re
+import struct
 import threading
 from collections.abc import Iterator
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from beit3core import io
+from beit3core import io, publish
 from beit3core.data import formats
+from beit3core.data.names import check_inside
 from beit3core.data.shards import ShardReader, iter_tar
 from beit3core.errors import UserError
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _READERS: dict[str, ShardReader] = {}
 _READERS_LOCK = threading.Lock()
 
@@ -28,7 +32,8 @@ def read_header(uri: str) -> dict:
     where = io.join(uri, formats.HEADER)
     if not io.exists(where):
         raise UserError(f"{where}: no such file (not a dataset folder)")
-    return formats.check_header(io.read_json(where), where)
+    publish.check_complete(uri, what="dataset")  # a stage output missing files is refused (once per process)
+    return formats.check_header(io.read_json(check_inside(uri, where)), where)
 
 
 def splits(uri: str) -> list[str]:
@@ -42,9 +47,16 @@ def _split_uri(uri: str, split: str, header: dict | None = None) -> str:
     return io.join(uri, formats.split_file(split))
 
 
+def _read_split(where: str) -> list[dict]:
+    try:
+        return io.read_jsonl(where)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        raise UserError(f"{where}: cannot read the split file ({e.strerror or type(e).__name__})") from None
+
+
 def read_rows(uri: str, split: str) -> list[dict]:
     """All rows of a split, as written (image fields are paths or shard references)."""
-    return io.read_jsonl(_split_uri(uri, split))
+    return _read_split(check_inside(uri, _split_uri(uri, split)))
 
 
 def shard_reader(uri: str) -> ShardReader:
@@ -75,16 +87,32 @@ def image_bytes(uri: str, ref: str) -> bytes:
     if formats.is_shard_ref(ref):
         shard, member = formats.parse_shard_ref(ref)
         return shard_reader(uri).read(shard, member)
-    return io.read_bytes(io.join(uri, ref))
+    return io.read_bytes(check_inside(uri, io.join(uri, ref)))
+
+
+def stable_message(e: BaseException) -> str:
+    """An exception's text on one line, without memory addresses (Pillow names `<_io.BytesIO object at 0x...>`),
+    so that the same input gives the same message (and quarantine reason) on every run."""
+    return _ADDRESS.sub("", " ".join(str(e).split()))
+
+
+def upright(img) -> None:
+    """Apply the EXIF orientation (a phone photo's rotation) in place, as every viewer does, so training and
+    evaluation see what the annotators saw. Corrupt EXIF raises ValueError (validation quarantines such images)."""
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+    except (struct.error, TypeError, KeyError, IndexError) as e:  # what Pillow's EXIF parser raises on bad tags
+        raise ValueError(f"unreadable EXIF orientation ({type(e).__name__}: {stable_message(e)})") from None
 
 
 def decode_image(data: bytes, where: str = "image"):
-    """Decode image bytes into an RGB PIL image."""
+    """Decode image bytes into an upright (EXIF orientation applied) RGB PIL image."""
     try:
         img = Image.open(_pyio.BytesIO(data))
         img.load()
+        upright(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{where}: cannot decode image ({e})") from None
+        raise UserError(f"{where}: cannot decode image ({stable_message(e)})") from None
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
@@ -115,7 +143,7 @@ def iter_samples(uri: str, split: str, *, rank: int = 0, world_size: int = 1, wo
     if num_workers < 1 or not 0 <= worker < num_workers:
         raise UserError(f"iter_samples: worker {worker} is outside {num_workers} workers")
     header = read_header(uri)
-    rows = io.read_jsonl(_split_uri(uri, split, header))
+    rows = _read_split(check_inside(uri, _split_uri(uri, split, header)))
     start, end = _block(len(rows), rank * num_workers + worker, world_size * num_workers)
     rows = rows[start:end]
     fields = image_fields(header)
@@ -145,7 +173,8 @@ def iter_samples(uri: str, split: str, *, rank: int = 0, world_size: int = 1, wo
                       if formats.is_shard_ref(r.get(f)) and formats.parse_shard_ref(r[f])[0] == shard}
             total = len(reader.index(shard)) // 3 or 1
             if len(wanted) * 4 >= total:  # worth one sequential read of the whole shard
-                members = {name: data for name, data in iter_tar(io.join(uri, shard)) if name in wanted}
+                members = {name: data for name, data in iter_tar(check_inside(uri, io.join(uri, shard)))
+                           if name in wanted}
         for row in group:
             images = {}
             for f in fields:

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from beit3core import io
+from beit3core.data.names import check_inside
 from beit3core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,27 @@ def scan_index(data_or_file) -> dict[str, list[int]]:
         return {m.name: [m.offset_data, m.size] for m in tar if m.isfile()}
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class CompressedShard(UserError):
+    """A shard that is gzip-compressed: it cannot be read by byte ranges."""
+
+
+def _refuse_compressed(uri: str, head: bytes) -> None:
+    """Shards are plain tar: the byte offsets of the index (one range read per image) need it."""
+    if head.startswith(GZIP_MAGIC):
+        raise CompressedShard(f"{uri}: a gzip-compressed shard; shards must be uncompressed .tar "
+                              "(decompress it, e.g. gunzip, before use)")
+
+
 def iter_tar(uri: str) -> Iterator[tuple[str, bytes]]:
     """(member, bytes) of every file in a tar, streamed in order."""
     with io.open(uri, "rb") as f:
+        _refuse_compressed(uri, f.read(2))
+        f.seek(0)
         try:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
+            with tarfile.open(fileobj=f, mode="r|") as tar:
                 for m in tar:
                     if m.isfile():
                         yield m.name, tar.extractfile(m).read()
@@ -145,6 +162,14 @@ def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, d
         yield key, sample
 
 
+def _check_index(idx: object, where: str) -> dict[str, list[int]]:
+    """A shard index as read: member -> [offset, size] of non-negative integers."""
+    if not isinstance(idx, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and all(type(x) is int and x >= 0 for x in v) for v in idx.values()):
+        raise UserError(f"{where}: not a shard index (expected member -> [offset, size])")
+    return idx
+
+
 class ShardReader:
     """Random access to shard members of one dataset: cached indexes, one range read per member.
 
@@ -152,7 +177,7 @@ class ShardReader:
     """
 
     def __init__(self, root: str, cache_size: int = 64):
-        self.root = root
+        self.root = root  # a shard reached through a link that leads out of root is never read
         self._indexes: OrderedDict[str, dict[str, list[int]]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -164,12 +189,15 @@ class ShardReader:
                 return self._indexes[shard]
         uri = io.join(self.root, shard)
         idx_uri = io.join(self.root, index_name(shard))
+        if not io.exists(uri):
+            raise UserError(f"{uri}: no such shard")
+        check_inside(self.root, uri)
         if io.exists(idx_uri):
-            idx = io.read_json(idx_uri)
+            idx = _check_index(io.read_json(check_inside(self.root, idx_uri)), idx_uri)
         else:
-            if not io.exists(uri):
-                raise UserError(f"{uri}: no such shard")
             with io.open(uri, "rb") as f:
+                _refuse_compressed(uri, f.read(2))
+                f.seek(0)
                 try:
                     idx = scan_index(f)
                 except tarfile.TarError as e:

@@ -29,11 +29,11 @@ import random
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from beit3core.data import formats
 from beit3core.data.staging import staged_dir
 from beit3core.errors import UserError
+from beit3core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +365,8 @@ def synthesize(out: str, *, seed: int = 0, image_size: int = 64, scale: float = 
               "retrieval": lambda *a: _caption_task("retrieval", *a),
               "captioning": lambda *a: _caption_task("captioning", *a)}
     summary = {}
-    with staged_dir(out) as root:
-        for name in tqdm(list(layout), desc="synth", unit="dataset"):
+    with staged_dir(out, "data synth") as root:
+        for name in progress_bar(list(layout), desc="synth", unit="dataset"):
             rng = random.Random(f"beit3-synth/{seed}/{name}")
             if name == "text":
                 _text(root, rng, counts[name], source)

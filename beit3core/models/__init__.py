@@ -5,6 +5,7 @@ in `beit3core.models.counting`; both are re-exported by `beit3core`.
 """
 
 from beit3core.models.beit3 import (
+    POSITION_INITS,
     Beit3Config,
     Beit3KVCache,
     Beit3Model,
@@ -16,6 +17,7 @@ from beit3core.models.beit3 import (
 from beit3core.models.registry import get_builder, is_model, list_models, register_model
 
 __all__ = [
-    "Beit3Config", "Beit3KVCache", "Beit3Model", "Beit3Output", "Block", "ConfigError", "UnknownConfigField",
+    "POSITION_INITS", "Beit3Config", "Beit3KVCache", "Beit3Model", "Beit3Output", "Block", "ConfigError",
+    "UnknownConfigField",
     "get_builder", "is_model", "list_models", "register_model",
 ]

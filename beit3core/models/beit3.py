@@ -32,7 +32,7 @@ from beit3core.layers.drop import DropPath, drop_path_rates
 from beit3core.layers.mlp import Mlp
 from beit3core.layers.multiway import Multiway
 from beit3core.layers.patch_embed import PatchEmbed
-from beit3core.models.configs import MODEL_CONFIGS
+from beit3core.models.configs import MODEL_CONFIGS, limit_error
 from beit3core.models.registry import register_model
 
 
@@ -68,6 +68,8 @@ class Beit3Config:
             kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
             if not isinstance(value, kind) or (f.type in ("int", "float") and isinstance(value, bool)):
                 raise ConfigError(f"Beit3Config.{f.name}: expected {f.type}, got {value!r}")
+        if too_large := limit_error(self):  # before anything is allocated: config.json may be untrusted
+            raise ConfigError(too_large)
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim",
                      "vocab_size", "text_positions"):
             if getattr(self, name) <= 0:
@@ -116,6 +118,8 @@ class Beit3Config:
         return dataclasses.asdict(self)
 
 
+POSITION_INITS = ("small", "normal")  # position tables at pretraining start: the paper's, the release's
+
 def _layer_norm(dim: int, eps: float):
     return lambda: nn.LayerNorm(dim, eps=eps)
 
@@ -149,6 +153,11 @@ class Block(nn.Module):
         vision = None if vision is None else vision + fv
         text = None if text is None else text + ft
         return vision, text, kv
+
+    def output_projections(self) -> list[nn.Linear]:
+        """The last linear layer of each sublayer: attention `proj` and FFN `fc2` of every expert."""
+        mlps = list(self.mlp.children()) + ([self.vl_mlp] if self.vl_mlp is not None else [])
+        return list(self.attn.proj.children()) + [m.fc2 for m in mlps]
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,26 @@ class Beit3Model(nn.Module):
         nn.init.normal_(self.text_pos_embed)
         nn.init.zeros_(self.cls_token)
         nn.init.zeros_(self.mask_token)
+
+    @torch.no_grad()
+    def init_for_pretraining(self, *, position_init: str = "small"):
+        """The paper's init for pretraining from scratch (§2.3, as BEiT): weights in a small range
+        (trunc-normal 0.02 at ±0.02), then the output projection of the attention and of the FFN in layer l
+        (1-based) divided by sqrt(2l), as the released BEiT3Wrapper.fix_init_weight (dead code there).
+        `position_init`: "small" puts the position tables in the same small range (the paper); "normal" keeps
+        nn.Embedding's N(0, 1), which the released code leaves them at. A model that loads a checkpoint keeps
+        `init_weights`."""
+        if position_init not in POSITION_INITS:
+            raise ValueError(f"position_init {position_init!r}: one of {', '.join(POSITION_INITS)}")
+        if self.cls_token.is_meta:
+            return
+        self.init_weights()
+        if position_init == "small":
+            _trunc_normal_(self.vision_pos_embed, std=0.02)
+            _trunc_normal_(self.text_pos_embed, std=0.02)
+        for layer, block in enumerate(self.blocks, start=1):
+            for proj in block.output_projections():
+                proj.weight.div_(math.sqrt(2.0 * layer))
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "mask_token", "vision_pos_embed"}

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from beit3core import data, io
+from beit3core import data, io, publish
 from beit3core.data import formats
 from beit3core.errors import UserError
 from beit3core.pretrain.text_masking import IGNORE, mask_text
 from beit3core.tokenizers import BlockMaskGenerator
+from beit3core.tokenizers.stages import TEXT_STAGE, VISUAL_STAGE, check_tokens
 from beit3core.tokenizers.visual import image_to_uint8
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def _concat_text(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 def load_stream(name: str, data_uri: str, text_tokens: str, visual_tokens: str, split: str,
                 dataset_paths: list[str]) -> Stream:
     """Join the rows of `dataset_paths` (relative to `data_uri`) with their text and visual token ids."""
+    check_inputs(data_uri, text_tokens if name != "images" else None, visual_tokens if name != "texts" else None)
     stream = Stream(name)
     index, texts, visuals = [], [], []
     for d, rel in enumerate(dataset_paths):
@@ -124,8 +126,20 @@ def load_stream(name: str, data_uri: str, text_tokens: str, visual_tokens: str, 
     return stream
 
 
+def check_inputs(data_uri: str, text_tokens: str | None, visual_tokens: str | None) -> None:
+    """Refuse inputs that a killed or partial publish left incomplete (a collection missing datasets, tokens
+    missing files) and tokens beside a tokenizer they were not made with. Inputs with no output record
+    (hand-made) pass; each check runs once per process."""
+    publish.check_complete(data_uri, what="--data")
+    if text_tokens:
+        check_tokens(text_tokens, TEXT_STAGE, what="--text-tokenizer")
+    if visual_tokens:
+        check_tokens(visual_tokens, VISUAL_STAGE, what="--visual-tokens")
+
+
 def find_stream_datasets(data_uri: str) -> dict[str, list[str]]:
     """Relative paths of the datasets of each stream in a validated collection."""
+    publish.check_complete(data_uri, what="--data")
     found: dict[str, list[str]] = {s: [] for s in STREAM_KINDS}
     by_kind = {kind: stream for stream, kind in STREAM_KINDS.items()}
     for rel in formats.find_datasets(data_uri):

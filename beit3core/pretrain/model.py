@@ -59,11 +59,15 @@ def masked_prediction(head: nn.Module, hidden: torch.Tensor, labels: torch.Tenso
 
 
 class Beit3ForPretraining(nn.Module):
-    """Backbone + heads. `backbone` is a `beit3core.models.Beit3Model` (its state-dict keys get `backbone.`)."""
+    """Backbone + heads. `backbone` is a `beit3core.models.Beit3Model` (its state-dict keys get `backbone.`).
 
-    def __init__(self, backbone: nn.Module, vocab_size: int, codebook_size: int):
+    Pretraining starts from scratch, so the backbone is re-initialised as the paper says
+    (`Beit3Model.init_for_pretraining`); a resumed or exported state dict loads over it."""
+
+    def __init__(self, backbone: nn.Module, vocab_size: int, codebook_size: int, *, position_init: str = "small"):
         super().__init__()
         self.backbone = backbone
+        backbone.init_for_pretraining(position_init=position_init)
         dim = backbone.config.embed_dim
         self.mlm_head = nn.Linear(dim, vocab_size)
         self.mim_head = nn.Linear(dim, codebook_size)

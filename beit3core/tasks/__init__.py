@@ -25,7 +25,12 @@ from torch import nn
 
 from beit3core.tasks import captioning, classification, nlvr2, retrieval, vqa
 from beit3core.tasks.data import Collator
-from beit3core.tasks.settings import TASK_DEFAULTS, TaskSettings, check_task, settings_for
+from beit3core.tasks.settings import (
+    TASK_DEFAULTS,
+    TaskSettings,
+    check_task,
+    settings_for,
+)
 
 TASKS: dict[str, ModuleType] = {m.NAME: m for m in (classification, vqa, nlvr2, retrieval, captioning)}
 TASK_NAMES = tuple(TASKS)

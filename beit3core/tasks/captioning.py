@@ -4,8 +4,9 @@ Released as `BEiT3ForCaptioning`: fusion pass with `text_causal=True` (image tok
 tokens see the image and earlier text), `mlm_head` Linear(d, vocab) on the masked text positions.
 Training masking: per caption of n tokens, `max(1, min(int(n*p + 0.5), n - 1))` positions drawn from 1..n-1
 (`<s>` never masked, `</s>` may be), replaced BERT-style 80/10/10 by `<mask>` / kept / a random id in
-[3, vocab-1). Loss: label smoothing 0.1 (eps/(V-1) off target), KL divergence summed per token, then the mean;
-after `drop_worst_after` iterations the worst 20% of tokens per batch are dropped.
+[3, vocab-1] (released `random.randint(3, vocab - 1)`, both ends included). Loss: label smoothing 0.1 (eps/(V-1)
+off target), KL divergence summed per token, then the mean; once the step (counted from 0) is past
+`drop_worst_after` the worst 20% of tokens per batch are dropped (released `iter > drop_worst_after`).
 Decoding: beam search (beit3core.tasks.beam_search), where the logits at a trailing `<mask>` slot predict the
 next token.
 """
@@ -21,7 +22,12 @@ from torch import nn
 
 from beit3core.models import Beit3KVCache
 from beit3core.tasks.beam_search import beam_search
-from beit3core.tasks.common import backbone_dim, backbone_vocab_size, eval_outputs, init_head_weights
+from beit3core.tasks.common import (
+    backbone_dim,
+    backbone_vocab_size,
+    eval_outputs,
+    init_head_weights,
+)
 from beit3core.tasks.data import Collator, unique_images
 from beit3core.tasks.metrics import bleu4, cider_d
 
@@ -76,7 +82,7 @@ def mask_captions(
             if draw < 0.8:
                 masked[row, pos] = mask_id
             elif draw >= 0.9:
-                masked[row, pos] = int(rng.integers(3, vocab_size - 1))
+                masked[row, pos] = int(rng.integers(3, vocab_size))  # high end excluded: [3, vocab_size - 1]
     return masked, positions
 
 
@@ -120,7 +126,7 @@ def loss(model: CaptioningModel, batch: dict, ctx) -> torch.Tensor:
                                       mask_prob=s.mask_prob, rng=ctx.rng)
     positions = positions.to(ids.device)
     logits = model(batch["image"], masked.to(ids.device), pad, positions)
-    drop = 0.2 if s.drop_worst_after and ctx.step >= s.drop_worst_after else 0.0
+    drop = 0.2 if s.drop_worst_after and ctx.step > s.drop_worst_after else 0.0
     return captioning_loss(logits, ids[positions], s.label_smoothing, drop)
 
 

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights, need, scale_linear_
+from beit3core.tasks.common import (
+    backbone_dim,
+    eval_outputs,
+    init_head_weights,
+    need,
+    scale_linear_,
+)
 from beit3core.tasks.data import Collator
 from beit3core.tasks.metrics import topk_accuracy
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from beit3core.errors import UserError
+from beit3core.progress import progress_bar
 from beit3core.tasks.data import Collator, eval_loader
 
 
@@ -90,6 +90,6 @@ def eval_outputs(task: str, ev: EvalContext, collate: Collator, forward: Callabl
     """(batch on ev.device, forward(batch)) for each evaluation batch of `rows` (default ev.rows), in order."""
     loader = eval_loader(task, ev.uri, ev.rows if rows is None else rows, collate, img_size=ev.settings.img_size,
                          batch_size=ev.settings.eval_batch_size, fields=fields)
-    for batch in tqdm(loader, desc=desc or f"eval {task}", disable=not ev.progress):
+    for batch in progress_bar(loader, desc=desc or f"eval {task}", disable=not ev.progress):
         batch = to_device(batch, ev.device)
         yield batch, forward(batch)

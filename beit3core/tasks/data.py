@@ -1,7 +1,12 @@
 """Per-task datasets over validated task datasets (beit3core.data), image transforms and batch collation.
 
-Image transforms (microsoft/unilm `beit3/datasets.py`, beit3.md section 9):
-- train: RandomResizedCrop(S, scale=(0.5, 1.0), bicubic) + horizontal flip (both switchable);
+Image transforms (microsoft/unilm `beit3/datasets.py` build_transform / build_imagenet_transform, beit3.md
+section 9), switched by the task settings (`TrainAugment.of`):
+- train, vision-language tasks: RandomResizedCrop(S, scale=(crop_scale_min, 1), bicubic) + horizontal flip, then
+  RandomAugment(2, 7) with `randaug` (beit3core.tasks.randaug; released for VQA and captioning);
+- train, classification: timm `create_transform` as released (RandomResizedCrop scale (crop_scale_min, 1), flip,
+  `auto_augment` RandAugment, `color_jitter` (timm leaves it off while RandAugment is on), random erasing
+  `reprob` in pixel mode), with RandomCrop(S, padding=4) instead of the crop at S <= 32 (released `resize_im`);
 - eval: Resize((S, S), bicubic) for the vision-language tasks; Resize(S) + CenterCrop(S) (crop_pct 1.0) for
   classification;
 - normalisation mean = std = 0.5 for the vision-language tasks, ImageNet mean / std for classification.
@@ -15,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from timm.data import create_transform
 from torchvision import transforms as T
 
 from beit3core import data
 from beit3core.errors import UserError
+from beit3core.tasks.randaug import RandomAugment
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +33,50 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 
-def image_transform(task: str, img_size: int, train: bool, *, hflip: bool = True,
-                    crop_scale: tuple[float, float] = (0.5, 1.0)) -> Callable:
+@dataclass(frozen=True)
+class TrainAugment:
+    """The training augmentation of a fine-tuning run (its TaskSettings fields of the same names)."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = True
+    randaug: bool = False  # vision-language tasks: RandomAugment(2, 7)
+    auto_augment: str = ""  # classification: timm policy; "" or "none": off
+    color_jitter: float = 0.0  # classification
+    reprob: float = 0.0  # classification: random erasing probability
+
+    @classmethod
+    def of(cls, settings) -> TrainAugment:
+        return cls(crop_scale=(settings.crop_scale_min, 1.0), hflip=settings.hflip, randaug=settings.randaug,
+                   auto_augment=settings.auto_augment, color_jitter=settings.color_jitter, reprob=settings.reprob)
+
+
+def classification_train_transform(img_size: int, augment: TrainAugment) -> Callable:
+    """timm `create_transform` with the released ImageNet arguments (run_beit3_finetuning.py flags)."""
+    policy = augment.auto_augment if augment.auto_augment not in ("", "none") else None
+    try:
+        transform = create_transform(
+            input_size=img_size, is_training=True, scale=tuple(augment.crop_scale),
+            hflip=0.5 if augment.hflip else 0.0, color_jitter=augment.color_jitter or None, auto_augment=policy,
+            interpolation="bicubic", re_prob=augment.reprob, re_mode="pixel", re_count=1,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    except (AssertionError, KeyError, ValueError) as err:  # timm's parser of the policy string
+        raise UserError(f"--auto-augment {augment.auto_augment!r}: not a timm augmentation policy ({err})") from None
+    if img_size <= 32:  # released: small inputs are padded and cropped, not resized
+        transform.transforms[0] = T.RandomCrop(img_size, padding=4)
+    return transform
+
+
+def image_transform(task: str, img_size: int, train: bool, augment: TrainAugment = TrainAugment()) -> Callable:
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if task == "classification" else (HALF, HALF)
     bicubic = T.InterpolationMode.BICUBIC
+    if train and task == "classification":
+        return classification_train_transform(img_size, augment)
     if train:
-        steps = [T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=bicubic)]
-        if hflip:
+        steps = [T.RandomResizedCrop(img_size, scale=tuple(augment.crop_scale), interpolation=bicubic)]
+        if augment.hflip:
             steps.append(T.RandomHorizontalFlip())
+        if augment.randaug:
+            steps.append(RandomAugment(2, 7))
     elif task == "classification":
         steps = [T.Resize(img_size, interpolation=bicubic), T.CenterCrop(img_size)]
     else:
@@ -107,7 +150,7 @@ class Collator:
 
 
 def train_loader(task: str, uri: str, split: str, collate: Collator, *, img_size: int, batch_size: int,
-                 hflip: bool, crop_scale: tuple[float, float], seed: int, rank: int = 0, world_size: int = 1,
+                 augment: TrainAugment, seed: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0) -> torch.utils.data.DataLoader:
     """Shuffled, drop_last batches of this rank's share of the split."""
     header = check_kind(uri, task)
@@ -117,7 +160,7 @@ def train_loader(task: str, uri: str, split: str, collate: Collator, *, img_size
     # equal shares, so every rank runs the same number of steps per epoch (DDP needs matching collectives)
     rows = rows[: len(rows) // world_size * world_size][rank::world_size]
     ds = RowImages(uri, rows, data.image_fields(header),
-                   image_transform(task, img_size, True, hflip=hflip, crop_scale=crop_scale))
+                   image_transform(task, img_size, True, augment))
     gen = torch.Generator().manual_seed(seed + rank)
     return torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
                                        collate_fn=collate, generator=gen, num_workers=num_workers)

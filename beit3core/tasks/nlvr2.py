@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights, scale_linear_
+from beit3core.tasks.common import (
+    backbone_dim,
+    eval_outputs,
+    init_head_weights,
+    scale_linear_,
+)
 from beit3core.tasks.data import Collator
 
 NAME = "nlvr2"

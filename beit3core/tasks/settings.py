@@ -10,12 +10,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from beit3core.errors import UserError
+from beit3core.errors import UserError, check_range
+
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "tuple[float, float]": tuple}
 
 
-def _setting(default, help: str):
-    """A settings field with the help text of its generated `beit3 finetune` flag."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def _setting(default, help: str, bounds: str | None = None):
+    """A settings field with the help text of its generated `beit3 finetune` flag and the interval its value
+    (each value, for a tuple) must lie in (`beit3core.errors.check_range`): checked when the flag is parsed and
+    again when the settings are built (task.json, params.yaml), so an out-of-range number is refused, never
+    replaced."""
+    return dataclasses.field(default=default, metadata={"help": help, "bounds": bounds})
 
 
 @dataclass(frozen=True)
@@ -28,34 +33,53 @@ class TaskSettings:
     max_len: int = _setting(64, "text tokens incl. <s> and </s> (released num_max_bpe_tokens)")
     batch_size: int = _setting(64, "training batch size per rank")
     eval_batch_size: int = _setting(64, "evaluation batch size")
-    epochs: float = _setting(20, "training epochs (--steps overrides)")
-    warmup_epochs: float = _setting(5, "linear warmup epochs")
-    steps: int = _setting(0, "optimizer steps; > 0 overrides --epochs (warmup then counts --warmup-steps)")
-    warmup_steps: int = _setting(0, "linear warmup steps when --steps is given")
-    lr: float = _setting(5e-4, "peak learning rate")
-    min_lr: float = _setting(1e-6, "final learning rate of the cosine schedule")
+    epochs: float = _setting(20, "training epochs (--steps overrides)", "[0, inf)")
+    warmup_epochs: float = _setting(5, "linear warmup epochs", "[0, inf)")
+    steps: int = _setting(0, "optimizer steps; > 0 overrides --epochs (warmup then counts --warmup-steps)", "[0, inf)")
+    warmup_steps: int = _setting(0, "linear warmup steps when --steps is given", "[0, inf)")
+    lr: float = _setting(5e-4, "peak learning rate", "(0, inf)")
+    min_lr: float = _setting(1e-6, "final learning rate of the cosine schedule", "[0, inf)")
     layer_decay: float = _setting(0.9, "layer-wise lr decay")
-    head_lr_scale: float = _setting(1.0, "lr multiplier of `head.*` (released task_head_lr_weight; VQA: 20)")
+    head_lr_scale: float = _setting(1.0, "lr multiplier of `head.*` (released task_head_lr_weight; VQA: 20)",
+                                    "(0, inf)")
     head_init_scale: float = _setting(0.001,
                                       "classification and NLVR2 heads start at this x their init (released 0.001)")
     drop_path: float = _setting(0.1, "stochastic depth rate")
-    weight_decay: float = _setting(0.05, "AdamW weight decay")
-    betas: tuple[float, float] = _setting((0.9, 0.999), "AdamW betas")
-    eps: float = _setting(1e-8, "AdamW epsilon")
-    clip_grad: float = _setting(0.0, "max gradient norm (0: off)")
-    label_smoothing: float = _setting(0.1, "label smoothing of classification CE and captioning")
-    mixup: float = _setting(0.0, "mixup alpha (classification only, timm Mixup)")
-    cutmix: float = _setting(0.0, "cutmix alpha (classification only)")
+    weight_decay: float = _setting(0.05, "AdamW weight decay", "[0, inf)")
+    betas: tuple[float, float] = _setting((0.9, 0.999), "AdamW betas", "[0, 1)")
+    eps: float = _setting(1e-8, "AdamW epsilon", "(0, inf)")
+    clip_grad: float = _setting(0.0, "max gradient norm (0: off)", "[0, inf)")
+    label_smoothing: float = _setting(0.1, "label smoothing of classification CE and captioning", "[0, 1)")
+    mixup: float = _setting(0.0, "mixup alpha (classification only, timm Mixup)", "[0, inf)")
+    cutmix: float = _setting(0.0, "cutmix alpha (classification only)", "[0, inf)")
     mask_prob: float = _setting(0.6, "captioning: fraction of caption tokens masked in training")
-    drop_worst_after: int = _setting(0, "captioning: drop the worst 20%% tokens after this many steps (0: never)")
+    drop_worst_after: int = _setting(0, "captioning: drop the worst 20%% tokens after this many steps (0: never)",
+                                     "[0, inf)")
     num_beams: int = _setting(3, "captioning beam size")
-    length_penalty: float = _setting(0.6, "captioning beam length penalty")
+    length_penalty: float = _setting(0.6, "captioning beam length penalty", "(-inf, inf)")
     hflip: bool = _setting(True, "random horizontal flip in training")
     crop_scale_min: float = _setting(0.5, "RandomResizedCrop scale=(crop_scale_min, 1)")
+    randaug: bool = _setting(False, "RandomAugment(2, 7) after crop and flip (released --randaug: VQA, captioning)")
+    auto_augment: str = _setting("", "classification: timm auto-augment policy, '' or 'none' for off "
+                                     "(released rand-m9-mstd0.5-inc1)")
+    color_jitter: float = _setting(0.0, "classification: timm colour jitter, off while --auto-augment is on "
+                                        "(released 0.4)", "[0, inf)")
+    reprob: float = _setting(0.0, "classification: random erasing probability, pixel mode (released 0.25)",
+                             "[0, 1]")
     normalize_output: bool = _setting(True,
                                       "the backbone's final LayerNorm (released: off for classification and VQA)")
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # task.json and params.yaml are read, not parsed by argparse
+            value = getattr(self, f.name)
+            kind = _TYPES.get(f.type)
+            if kind and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+                raise UserError(f"--{f.name.replace('_', '-')}: expected {f.type}, got {value!r}")
+            if f.metadata.get("bounds"):
+                for item in value if isinstance(value, tuple) else (value,):
+                    check_range(f"--{f.name.replace('_', '-')}", item, f.metadata["bounds"])
+        if len(self.betas) != 2:
+            raise UserError(f"--betas: expected two numbers, got {self.betas!r}")
         for name in ("img_size", "max_len", "batch_size", "eval_batch_size", "num_beams"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
@@ -85,17 +109,18 @@ class TaskSettings:
 TASK_DEFAULTS: dict[str, dict] = {
     "classification": dict(arch="beit3_base_patch16_224", img_size=224, batch_size=1024, lr=7e-4, layer_decay=0.65,
                            drop_path=0.15, weight_decay=0.05, epochs=50, warmup_epochs=5, label_smoothing=0.1,
-                           mixup=0.8, cutmix=1.0, normalize_output=False),
+                           mixup=0.8, cutmix=1.0, normalize_output=False, crop_scale_min=0.08,
+                           auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, reprob=0.25),
     "vqa": dict(arch="beit3_base_patch16_224", img_size=480, batch_size=128, lr=3e-5, layer_decay=1.0,
                 drop_path=0.1, weight_decay=0.01, epochs=10, warmup_epochs=1, head_lr_scale=20.0, betas=(0.9, 0.98),
-                normalize_output=False),
+                normalize_output=False, randaug=True),
     "nlvr2": dict(arch="beit3_base_patch16_224", img_size=224, batch_size=256, lr=7e-4, layer_decay=0.65,
                   drop_path=0.2, weight_decay=0.2, epochs=20, warmup_epochs=5),
     "retrieval": dict(arch="beit3_base_patch16_224", img_size=384, batch_size=3072, lr=2e-4, layer_decay=0.65,
                       drop_path=0.2, weight_decay=0.05, epochs=15, warmup_epochs=3),
     "captioning": dict(arch="beit3_base_patch16_224", img_size=480, max_len=32, batch_size=256, lr=4e-5,
                        layer_decay=1.0, drop_path=0.1, weight_decay=0.05, epochs=10, warmup_epochs=1, mask_prob=0.7,
-                       label_smoothing=0.1, drop_worst_after=12000, num_beams=3, length_penalty=0.6),
+                       label_smoothing=0.1, drop_worst_after=12000, num_beams=3, length_penalty=0.6, randaug=True),
 }
 
 

@@ -2,8 +2,10 @@
 
 Released as `BEiT3ForVisualQuestionAnswering`: fusion pass (image + question), `pooler` = LN -> Linear(d, d) ->
 tanh on `x[:, 0]`, then `head` = Linear(d, 2d), LN(2d), GELU, Linear(2d, num_answers) (keys head.0, head.1,
-head.3). Loss: BCE-with-logits (mean) x num_answers on the soft answer scores, i.e. summed over answers and
-averaged over the batch. Metric: VQA score, the soft score of the arg-max answer.
+head.3). Targets: per question, each vocabulary answer gets the released score of how many of the annotator
+answers match it after the VQA evaluation's normalisation (0, 0.3, 0.6, 0.9, then 1.0 for four or more;
+beit3core.data.importers.vqa_answers). Loss: BCE-with-logits (mean) x num_answers on these soft scores, i.e.
+summed over answers and averaged over the batch. Metric: VQA score, the soft score of the arg-max answer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beit3core.data.importers.vqa_answers import answer_score, normalize_answer
 from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights, need
 from beit3core.tasks.data import Collator
 
@@ -21,22 +24,15 @@ NAME = "vqa"
 SELECTION_METRIC = "vqa_score"
 METRICS = ("vqa_score",)
 
-# How many annotators gave an answer -> its soft target (ViLT / BEiT-3 `get_score`).
-_SOFT_SCORE = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}
-
-
-def answer_score(count: int) -> float:
-    return _SOFT_SCORE.get(count, 1.0)
-
-
-def normalize_answer(answer: str) -> str:
-    return " ".join(str(answer).lower().strip().rstrip(".").split())
-
 
 def soft_targets(raw_answers: list[str], answer_index: dict[str, int]) -> dict[int, float]:
-    """Raw annotator answers -> {answer id: soft score} over the answers that are in the vocabulary."""
+    """Annotator answers -> {answer id: soft score}: answers and vocabulary entries compared after the VQA
+    evaluation's normalisation (a released vocabulary already is normalised), scored by how many gave each."""
+    index: dict[str, int] = {}
+    for answer, i in answer_index.items():
+        index.setdefault(normalize_answer(answer), i)
     counts = Counter(normalize_answer(a) for a in raw_answers)
-    return {answer_index[a]: answer_score(c) for a, c in counts.items() if a in answer_index}
+    return {index[a]: answer_score(c) for a, c in counts.items() if a in index}
 
 
 class Pooler(nn.Module):
@@ -107,7 +103,8 @@ def evaluate(model: VQAModel, ev) -> tuple[dict, list[dict]]:
         scores.append(s)
         for row, pred, score in zip(batch["rows"], logits.argmax(1).tolist(), s.tolist()):
             if len(samples) < ev.num_samples:
-                common = Counter(normalize_answer(a) for a in row["answers"]).most_common(1)[0][0]
+                given = Counter(normalize_answer(a) for a in row["answers"]).most_common(1)
+                common = given[0][0] if given else ""
                 samples.append({"images": [row["image"]], "lines": [("question", row["question"]),
                                 ("answers", common), ("predicted", answers[pred]), ("score", f"{score:.1f}")],
                                 "ok": score > 0})

@@ -1,13 +1,20 @@
 """The `tokenize text` and `tokenize visual` stages over a validated collection.
 
 Both read every dataset of the collection (`beit3core.data.find_datasets`), write a self-describing
-tokenizer folder (parameters + the collection's fingerprint) and one `.npz` of ids per dataset split:
+tokenizer folder (parameters + the collection's fingerprint) and one `.npz` of ids per dataset split, all
+published at once (`beit3core.publish`: a kill leaves the previous output whole, never a new tokenizer
+beside old tokens):
 
     OUT/tokenizer/                     text: spm.model + meta.json;  visual: model.safetensors + config.json
     OUT/tokens/<dataset>/<split>.npz   text: ids int32 flat, offsets int64 (n + 1), keys (row ids)
                                        visual: keys, ids uint16 (n, grid*grid) (nlvr2: ids_left, ids_right)
     OUT/quarantine.jsonl               rows that could not be tokenized: dataset, split, row, id, reason
     OUT/summary.json                   counts per dataset split
+    OUT/.beit3-output.json             the output record: files per folder, and the tokenizer's fingerprint
+
+Consumers (`check_tokens`: pretraining) refuse an output whose files differ from its record, or whose
+tokenizer is not the one its tokens were made with. The input collection is checked the same way
+(`beit3core.publish.check_complete`), and dataset names are checked before they become paths.
 
 Text sequence i of a split is ids[offsets[i]:offsets[i+1]] = [<s>] + pieces[:max_len - 2] + [</s>], not
 padded (pad to the model's length at batch time with id 1).
@@ -22,30 +29,71 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from beit3core import data, io
+from beit3core import data, io, publish
 from beit3core.data import KINDS
+from beit3core.data.names import validate_name
 from beit3core.errors import UserError
+from beit3core.progress import progress_bar
 from beit3core.tokenizers.text import TextTokenizer, clean_text, encode_corpus
-from beit3core.tokenizers.visual import VisualTokenizer, image_to_uint8, make_teacher, train_vqkd
+from beit3core.tokenizers.visual import (
+    VisualTokenizer,
+    image_to_uint8,
+    make_teacher,
+    train_vqkd,
+)
 from beit3core.tokenizers.vqkd import VQKD, vqkd_base_config, vqkd_tiny_config
 
 log = logging.getLogger(__name__)
 
 TRAIN_KINDS_VISUAL = ("pairs", "images")  # the images the visual tokenizer learns from
+TEXT_STAGE, VISUAL_STAGE = "tokenize text", "tokenize visual"
+TOKENIZER_FINGERPRINT = "tokenizer_fingerprint"  # record key: io.fingerprint of OUT/tokenizer
 
 
 # -- shared helpers -------------------------------------------------------------------------------------------------
 def _collection(data_uri: str) -> list[tuple[str, str, dict]]:
     """(name, uri, header) of every dataset in the collection. The name is the dataset's path inside the
     collection (`pairs`, `tasks/vqa`), or its header name when `data_uri` is a single dataset."""
+    publish.check_complete(data_uri, what="--data")
     found = []
     for rel in data.find_datasets(data_uri):
         uri = io.join(data_uri, rel) if rel else data_uri
         header = data.read_header(uri)
-        found.append((rel or header["name"], uri, header))
+        name = rel or header["name"]
+        # the name becomes OUT/tokens/<name>/: nothing in it may lead out of OUT
+        for part in str(name).split("/") if rel else [name]:
+            validate_name(part, what=f"{io.join(uri, data.formats.HEADER)}: dataset name" if not rel else
+                          f"{data_uri}: dataset folder {rel!r}")
+        found.append((name, uri, header))
     return found
+
+
+def _start(data_uri: str, out_uri: str, stage: str) -> None:
+    """Refuse, before any work, an OUT that overlaps the data or that this stage may not replace."""
+    publish.check_disjoint(data_uri, out_uri, src_flag="--data", out_flag="--out")
+    publish.check_place(out_uri, stage, flag="--out")
+
+
+def _finish(stage_dir: str, record: dict) -> None:
+    """Add the tokenizer's fingerprint to the output record, so consumers can tell tokens from another tokenizer."""
+    record[TOKENIZER_FINGERPRINT] = io.fingerprint(io.join(stage_dir, "tokenizer"))
+
+
+_CHECKED_TOKENS: dict[str, dict | None] = {}
+
+
+def check_tokens(uri: str, stage: str, *, what: str) -> dict | None:
+    """Refuse a tokenize output that is incomplete, of another stage, or whose tokenizer is not the one its tokens
+    were made with. Returns its record (None for a hand-made folder with no record)."""
+    key = f"{stage}\0{uri}"
+    if key not in _CHECKED_TOKENS:
+        record = publish.check_complete(uri, what=what, stages=(stage,))
+        if record is not None and record.get(TOKENIZER_FINGERPRINT) != io.fingerprint(io.join(uri, "tokenizer")):
+            raise UserError(f"{what} {uri}: its tokenizer/ is not the tokenizer its tokens were made with "
+                            f"(record {io.join(uri, publish.RECORD)}): rerun `beit3 {stage}`")
+        _CHECKED_TOKENS[key] = record
+    return _CHECKED_TOKENS[key]
 
 
 def _fit_splits(header: dict) -> list[str]:
@@ -113,6 +161,7 @@ def tokenize_text(
         raise UserError(f"--max-len {max_len} must be >= 2")
     if workers < 1:
         raise UserError(f"--workers {workers} must be >= 1")
+    _start(data_uri, out_uri, TEXT_STAGE)
     quarantine: list[dict] = []
     corpora: list[tuple[str, str, list[str], list[str]]] = []  # (dataset, split, keys, texts)
     fit_texts: list[str] = []
@@ -135,6 +184,21 @@ def tokenize_text(
         tok = TextTokenizer.train(fit_texts, vocab_size=vocab_size, num_threads=workers)
         source = {"trained_on_lines": len(fit_texts), "requested_pieces": vocab_size}
     fit_seconds = time.perf_counter() - started
+    record: dict = {}
+    with publish.publish(out_uri, TEXT_STAGE, extra=record, flag="--out") as stage_dir:
+        summary = _write_text_output(stage_dir, tok, corpora, quarantine, max_len=max_len, workers=workers,
+                                     progress=progress, fit_seconds=fit_seconds, source=source, data_uri=data_uri,
+                                     parameters={"vocab_size": vocab_size, "import_model": import_model,
+                                                 "max_len": max_len, "workers": workers})
+        _finish(stage_dir, record)
+    log.info("tokenized %d lines (%d tokens) into %s; %d quarantined", summary["lines"], summary["tokens"], out_uri,
+             summary["quarantined"])
+    return summary
+
+
+def _write_text_output(out_uri: str, tok: TextTokenizer, corpora: list, quarantine: list[dict], *, max_len: int,
+                       workers: int, progress: bool, fit_seconds: float, source: dict, data_uri: str,
+                       parameters: dict) -> dict:
     tok_dir = io.join(out_uri, "tokenizer")
     tok.save(tok_dir)
 
@@ -155,7 +219,7 @@ def tokenize_text(
         "vocab_size": tok.vocab_size,
         "special_ids": {"bos": tok.bos_id, "pad": tok.pad_id, "eos": tok.eos_id, "unk": tok.unk_id, "mask": tok.mask_id},
         "id_mapping": "sentencepiece piece p -> p + 1, sentencepiece unk -> 3 (fairseq / XLM-R, as beit3.spm)",
-        "parameters": {"vocab_size": vocab_size, "import_model": import_model, "max_len": max_len, "workers": workers},
+        "parameters": parameters,
         "source": source,
         "dataset": {"uri": data_uri, "fingerprint": io.fingerprint(data_uri)},
         "counts": {"lines": total_lines, "tokens": total_tokens, "quarantined": len(quarantine), "per_split": counts},
@@ -167,7 +231,6 @@ def tokenize_text(
                "fit_seconds": round(fit_seconds, 2), "encode_seconds": round(encode_seconds, 2),
                "lines_per_second": round(total_lines / max(encode_seconds, 1e-9), 1), "per_split": counts}
     io.write_json(io.join(out_uri, "summary.json"), summary)
-    log.info("tokenized %d lines (%d tokens) into %s; %d quarantined", total_lines, total_tokens, out_uri, len(quarantine))
     return summary
 
 
@@ -177,7 +240,7 @@ def _iter_image_batches(uri: str, split: str, fields: tuple[str, ...], img_size:
     """Yield (keys, {field: uint8 (b, 3, S, S)}) batches of one split; undecodable rows are quarantined."""
     total = len(data.read_rows(uri, split)) if progress else None
     keys, tensors = [], {f: [] for f in fields}
-    for n, row in enumerate(tqdm(data.iter_samples(uri, split), total=total, desc=f"{dataset}/{split}", unit="img",
+    for n, row in enumerate(progress_bar(data.iter_samples(uri, split), total=total, desc=f"{dataset}/{split}", unit="img",
                                  disable=not progress, leave=False), 1):
         try:
             decoded = {f: image_to_uint8(data.decode_image(row["images"][f], f"{dataset}/{split}: row {n}"), img_size)
@@ -236,7 +299,9 @@ def tokenize_visual(
     """Train (or import) the VQ-KD tokenizer on the collection's images and write the ids of every image."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be >= 1")
+    _start(data_uri, out_uri, VISUAL_STAGE)
     quarantine: list[dict] = []
+    collection = _collection(data_uri)  # checked (complete, safe names) before any training
     fingerprint = io.fingerprint(data_uri)
     params = {"import_checkpoint": import_checkpoint, "teacher": teacher, "teacher_checkpoint": teacher_checkpoint,
               "tokenizer_size": tokenizer_size, "codebook_size": codebook_size, "code_dim": code_dim, "epochs": epochs,
@@ -254,8 +319,8 @@ def tokenize_visual(
         if patch_size < 1 or img_size % patch_size:
             raise UserError(f"--img-size {img_size} must be a multiple of --patch-size {patch_size}")
         target = make_teacher(teacher, teacher_checkpoint, img_size // patch_size, patch_size)
-        sizes = dict(img_size=img_size, patch_size=patch_size, codebook_size=codebook_size, code_dim=code_dim,
-                     target_dim=target.dim, rec_loss="cosine" if teacher else "mse")
+        sizes = {"img_size": img_size, "patch_size": patch_size, "codebook_size": codebook_size,
+                 "code_dim": code_dim, "target_dim": target.dim, "rec_loss": "cosine" if teacher else "mse"}
         if tokenizer_size == "tiny":
             cfg = vqkd_tiny_config(**sizes)
         elif tokenizer_size == "base":
@@ -271,12 +336,22 @@ def tokenize_visual(
         vt = VisualTokenizer(model)
         del images
     fit_seconds = time.perf_counter() - started
-    vt.save(io.join(out_uri, "tokenizer"), format="beit3-vqkd", parameters=params, training=training,
-            dataset={"uri": data_uri, "fingerprint": fingerprint},
-            codebook_usage=training["final"] if training else None)
+    record: dict = {}
+    with publish.publish(out_uri, VISUAL_STAGE, extra=record, flag="--out") as stage_dir:
+        vt.save(io.join(stage_dir, "tokenizer"), format="beit3-vqkd", parameters=params, training=training,
+                dataset={"uri": data_uri, "fingerprint": fingerprint},
+                codebook_usage=training["final"] if training else None)
+        summary = _write_visual_tokens(stage_dir, vt, collection, quarantine, batch_size=batch_size, progress=progress,
+                                       training=training, fit_seconds=fit_seconds)
+        _finish(stage_dir, record)
+    log.info("tokenized %d images into %s; %d quarantined", summary["images"], out_uri, summary["quarantined"])
+    return summary
 
+
+def _write_visual_tokens(out_uri: str, vt: VisualTokenizer, collection: list, quarantine: list[dict], *,
+                         batch_size: int, progress: bool, training: dict | None, fit_seconds: float) -> dict:
     counts, total, started = {}, 0, time.perf_counter()
-    for rel, uri, header in _collection(data_uri):
+    for rel, uri, header in collection:
         fields = KINDS[header["kind"]].image_fields
         if not fields:
             continue
@@ -300,5 +375,4 @@ def tokenize_visual(
                "fit_seconds": round(fit_seconds, 2), "encode_seconds": round(encode_seconds, 2),
                "images_per_second": round(total / max(encode_seconds, 1e-9), 1), "per_split": counts}
     io.write_json(io.join(out_uri, "summary.json"), summary)
-    log.info("tokenized %d images into %s; %d quarantined", total, out_uri, len(quarantine))
     return summary

@@ -22,10 +22,10 @@ from itertools import chain
 import numpy as np
 import sentencepiece as spm
 import torch
-from tqdm import tqdm
 
 from beit3core import io
 from beit3core.errors import UserError
+from beit3core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def encode_corpus(
         raise UserError(f"workers={workers} must be >= 1")
     global _WORKER, _TEXTS
     bounds = [(i, min(i + chunk_size, len(texts))) for i in range(0, len(texts), chunk_size)]
-    bar = tqdm(total=len(texts), desc=desc, unit="line", disable=not progress, leave=False)
+    bar = progress_bar(total=len(texts), desc=desc, unit="line", disable=not progress, leave=False)
     results = []
     if workers == 1 or len(bounds) <= 1:
         for start, end in bounds:

@@ -24,11 +24,17 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from beit3core import io
 from beit3core.errors import UserError
-from beit3core.tokenizers.vqkd import VQKD, VQKDConfig, load_official_checkpoint
+from beit3core.progress import progress_bar
+from beit3core.tokenizers.vqkd import (
+    VQKD,
+    VQKDConfig,
+    clip_patch_targets,
+    is_clip_image_tower,
+    load_official_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +82,15 @@ class PixelTarget(nn.Module):
 
 
 class TimmTeacher(nn.Module):
-    """A frozen timm model whose patch features (resampled to the tokenizer grid) are the targets."""
+    """A frozen timm model whose patch features (resampled to the tokenizer grid) are the targets. A CLIP image
+    tower keeps its head: its targets are the projected features, as BEiT v2 distils (`vqkd.clip_patch_targets`)."""
 
     def __init__(self, name: str, checkpoint: str, grid_size: int):
         super().__init__()
+        self.clip = is_clip_image_tower(name)
         try:
-            self.model = timm.create_model(name, pretrained=False, num_classes=0)
+            # a CLIP tower's head is CLIP's visual projection (kept); any other head is a classifier (dropped)
+            self.model = timm.create_model(name, pretrained=False, **({} if self.clip else {"num_classes": 0}))
         except RuntimeError as err:  # timm: "Unknown model (...)"
             raise UserError(f"teacher {name!r}: {err}") from None
         self.model.load_state_dict(_load_teacher_weights(checkpoint, self.model), strict=False)
@@ -92,7 +101,7 @@ class TimmTeacher(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))
         self.prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
         self.grid_size = grid_size
-        self.dim = int(self.model.num_features)
+        self.dim = int(self.model.head.out_features if self.clip else self.model.num_features)
 
     def train(self, mode: bool = True):  # the teacher stays in eval mode
         return super().train(False)
@@ -100,9 +109,10 @@ class TimmTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(images, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
-        feats = self.model.forward_features((x.clamp(0, 1) - self.mean) / self.std)
+        pixels = (x.clamp(0, 1) - self.mean) / self.std
+        feats = clip_patch_targets(self.model, pixels) if self.clip else self.model.forward_features(pixels)
         if feats.dim() == 3:  # ViT-like tokens (B, T, D): drop CLS/register tokens, make a map
-            tokens = feats[:, self.prefix_tokens:]
+            tokens = feats if self.clip else feats[:, self.prefix_tokens:]
             side = int(round(math.sqrt(tokens.shape[1])))
             if side * side != tokens.shape[1]:
                 raise UserError(f"teacher gives {tokens.shape[1]} patch tokens, not a square grid")
@@ -193,7 +203,7 @@ def train_vqkd(
         counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long)
         sums = {"loss": 0.0, "rec_loss": 0.0, "commit_loss": 0.0}
         order = torch.randperm(n, generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"vq-kd epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = progress_bar(range(steps_per_epoch), desc=f"vq-kd epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for b in bar:
             batch = to_unit(images[order[b * batch_size : (b + 1) * batch_size]])
             if hflip:
@@ -295,7 +305,10 @@ class VisualTokenizer:
         meta = io.read_json(where)
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
             raise UserError(f"{where}: missing field 'model'")
-        return VQKDConfig.from_dict(meta["model"])
+        try:
+            return VQKDConfig.from_dict(meta["model"])
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
 
     @classmethod
     def load(cls, uri: str, device: str | torch.device = "cpu") -> "VisualTokenizer":

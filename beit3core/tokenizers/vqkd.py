@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 
 
 # -- configuration ------------------------------------------------------------------------------------------
+# Integer fields of a VQ-KD config: (lowest, highest) value accepted, generous for the released sizes.
+_LIMITS = {"img_size": (1, 4096), "patch_size": (1, 256), "in_chans": (1, 64), "embed_dim": (1, 16384),
+           "depth": (1, 256), "num_heads": (1, 1024), "decoder_embed_dim": (1, 16384), "decoder_depth": (1, 256),
+           "decoder_num_heads": (1, 1024), "codebook_size": (2, 65536), "code_dim": (1, 4096),
+           "target_dim": (1, 1 << 20), "dead_code_steps": (0, 1 << 30)}
+
+
 @dataclass(frozen=True)
 class VQKDConfig:
     img_size: int = 224
@@ -62,6 +69,24 @@ class VQKDConfig:
     ln_eps: float = 1e-6  # released ViT LayerNorm eps
 
     def __post_init__(self):
+        # A config.json from an untrusted folder is checked before any tensor is allocated (types, then sizes).
+        for name, (low, high) in _LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UserError(f"VQ-KD config: {name}={value!r} must be an integer in {low}..{high}")
+        for name in ("mlp_ratio", "decay", "commitment", "ln_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"VQ-KD config: {name}={value!r} must be a finite number")
+        if not 0 < self.mlp_ratio <= 64:
+            raise UserError(f"VQ-KD config: mlp_ratio={self.mlp_ratio} must be within (0, 64]")
+        d, dd = self.embed_dim, self.decoder_embed_dim
+        estimate = (12 + 2 * self.mlp_ratio) * (self.depth * d * d + self.decoder_depth * dd * dd)
+        if estimate > 4e9:  # the released base tokenizer has ~0.1B
+            raise UserError(f"VQ-KD config: about {estimate / 1e9:.0f}B parameters (depth {self.depth}, embed_dim "
+                            f"{d}, decoder {self.decoder_depth}x{dd}) is above the limit 4B")
+        if self.img_size // self.patch_size > 256:
+            raise UserError(f"VQ-KD config: {self.img_size // self.patch_size} patches per side is above 256")
         if self.img_size % self.patch_size:
             raise UserError(f"img_size={self.img_size} must be a multiple of patch_size={self.patch_size}")
         if self.embed_dim % self.num_heads or self.decoder_embed_dim % self.decoder_num_heads:
@@ -206,6 +231,25 @@ def task_layer(dim: int, out_dim: int) -> nn.Sequential:
         nn.init.trunc_normal_(m.weight, std=0.02)
         nn.init.zeros_(m.bias)
     return layer
+
+
+# -- the CLIP teacher's targets -----------------------------------------------------------------------------------
+def is_clip_image_tower(name: str) -> bool:
+    """A timm CLIP image tower (`vit_base_patch16_clip_224.openai`, ...): its head is CLIP's visual projection."""
+    return "_clip_" in name
+
+
+def clip_patch_targets(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """BEiT v2's CLIP distillation target (modeling_vqkd.py `get_regress_target`: `encode_image(x,
+    return_all_tokens=True) @ visual.proj`): every patch token after the tower's final LayerNorm (CLIP `ln_post`),
+    CLS dropped, through the visual projection: (B, N, 512) for ViT-B/16.
+
+    `tower` is a timm CLIP image tower built with its head: timm keeps `ln_post` as `norm` (applied to all tokens
+    in `forward_features`) and the projection as `head` (weight proj.T, zero bias). `pixels` are normalised with
+    the CLIP mean and std.
+    """
+    tokens = tower.forward_features(pixels)
+    return tower.head(tokens[:, int(getattr(tower, "num_prefix_tokens", 1)):])
 
 
 # -- the quantizer ----------------------------------------------------------------------------------------------

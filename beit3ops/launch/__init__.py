@@ -11,13 +11,25 @@ One job description (`config.LaunchConfig`), three back-ends:
 * `local`: the same command as `torchrun --standalone` processes on this machine, so the whole pipeline runs
   without a cluster.
 
-Modules: `config` (the run and its errors), `specs` (the custom resources), `watch` (submit, follow, delete;
-the Kubernetes API helpers), `local` (torchrun here), `cancel` (SIGTERM handling), `cli` (`beit3 launch`
-and `launch()`, which runs a config on a back-end; not imported here, so `python -m beit3ops.launch.cli` runs
-it once).
+By default a pod runs one process per GPU. Every container requests cpu and memory (quota admission); failed
+pods are restarted by the operator and the stage resumes from its own checkpoints; a retried launch adopts the
+live job of the same output; a job whose pods do not start in time fails with the cluster's reasons.
+
+Modules: `config` (the run and its errors), `specs` (the custom resources), `watch` (submit or adopt, follow,
+delete; the Kubernetes API helpers; the exit handler's cleanup), `pods` (why pods do not start, the master's
+log), `local` (torchrun here), `cancel` (SIGTERM handling), `cli` (`beit3 launch` and `launch()`, which runs a
+config on a back-end; not imported here, so `python -m beit3ops.launch.cli` runs it once).
 """
 
-from beit3ops.launch.config import JobCancelled, JobFailed, JobTimeout, LaunchConfig, job_name
+from beit3ops.launch.config import (
+    JobCancelled,
+    JobFailed,
+    JobNotStarted,
+    JobTimeout,
+    LaunchConfig,
+    job_name,
+)
 from beit3ops.launch.watch import current_namespace, pod_owner
 
-__all__ = ["JobCancelled", "JobFailed", "JobTimeout", "LaunchConfig", "current_namespace", "job_name", "pod_owner"]
+__all__ = ["JobCancelled", "JobFailed", "JobNotStarted", "JobTimeout", "LaunchConfig", "current_namespace", "job_name",
+           "pod_owner"]

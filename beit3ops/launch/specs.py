@@ -1,19 +1,32 @@
 """Kubernetes custom resources for a `LaunchConfig`: a Training Operator v1 `PyTorchJob` or a Trainer v2
-`TrainJob`, as pure functions of the config, validated against the CRD schema (`beit3ops.k8s_schema`).
+`TrainJob`, as pure functions of the config, validated against the CRD schema and the admission rules that
+the schema does not express (`beit3ops.k8s_schema`).
 
-S3 credentials reach the pods only as `secretKeyRef`s to a Kubernetes Secret.
+S3 credentials reach the pods only as `secretKeyRef`s to a Kubernetes Secret. Every container requests cpu
+and memory (a namespace ResourceQuota refuses it otherwise). TrainJobs are written for Kubeflow Trainer >= 2.2
+(`spec.runtimePatches`; v2.0 had `podSpecOverrides`, v2.1 `podTemplateOverrides`): older releases are refused.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 from beit3core.errors import UserError
 from beit3ops import k8s_schema
-from beit3ops.launch.config import S3_SECRET_KEYS, LaunchConfig
+from beit3ops.launch.config import (
+    KUEUE_QUEUE_LABEL,
+    LABEL_JOB,
+    LABEL_OUTPUT,
+    LABEL_RUN,
+    LaunchConfig,
+)
 
-GPU_RESOURCE = "nvidia.com/gpu"
+# runtimePatches[].manager: the Trainer webhook requires a domain-prefixed path (IsDomainPrefixedPath).
+PATCH_MANAGER = "beit3.dev/launcher"
+# Trainer releases whose TrainJob has spec.runtimePatches (kubeflow/trainer v2.2.0 pkg/apis/trainer/v1alpha1).
+MIN_TRAINER_VERSION = (2, 2)
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,7 @@ RESOURCES = {
 def _env(cfg: LaunchConfig) -> list[dict]:
     env = [{"name": k, "value": v} for k, v in cfg.env]
     if cfg.s3_secret:
-        for secret_key, env_name in S3_SECRET_KEYS.items():
+        for secret_key, env_name in cfg.s3_secret_keys:
             env.append(
                 {
                     "name": env_name,
@@ -58,32 +71,34 @@ def _env(cfg: LaunchConfig) -> list[dict]:
 
 
 def _resources(cfg: LaunchConfig) -> dict:
-    limits: dict[str, str] = {}
-    requests: dict[str, str] = {}
+    """Requests for cpu and memory always (quota admission), the memory limit equal to its request, GPUs as
+    limits (Kubernetes sets extended-resource requests equal to limits)."""
+    requests = {"cpu": cfg.cpu, "memory": cfg.memory}
+    limits = {"memory": cfg.memory}
+    if cfg.cpu_limit:
+        limits["cpu"] = cfg.cpu_limit
+    if cfg.ephemeral_storage:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = cfg.ephemeral_storage
     if cfg.gpus_per_node:
-        limits[GPU_RESOURCE] = str(cfg.gpus_per_node)
-    if cfg.cpu:
-        limits["cpu"] = requests["cpu"] = cfg.cpu
-    if cfg.memory:
-        limits["memory"] = requests["memory"] = cfg.memory
-    out = {}
-    if limits:
-        out["limits"] = limits
-    if requests:
-        out["requests"] = requests
-    return out
+        limits[cfg.gpu_resource] = str(cfg.gpus_per_node)
+    return {"limits": limits, "requests": requests}
 
 
 def _tolerations(cfg: LaunchConfig) -> list[dict]:
     tolerations = [dict(t) for t in cfg.tolerations]
-    if cfg.gpus_per_node and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+    if cfg.gpus_per_node and not any(t.get("key") == cfg.gpu_resource for t in tolerations):
         # GPU nodes are usually tainted nvidia.com/gpu:NoSchedule
-        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append({"key": cfg.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
     return tolerations
 
 
 def _labels(cfg: LaunchConfig) -> dict:
-    return {"app.kubernetes.io/name": "beit3", "app.kubernetes.io/component": cfg.step}
+    labels = {"app.kubernetes.io/name": "beit3", "app.kubernetes.io/component": cfg.step, LABEL_JOB: cfg.name}
+    if cfg.run_id:
+        labels[LABEL_RUN] = cfg.run_id
+    if cfg.output_key:
+        labels[LABEL_OUTPUT] = cfg.output_key
+    return labels
 
 
 _POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
@@ -96,6 +111,9 @@ def _shm_volume(cfg: LaunchConfig) -> dict:
 
 def _metadata(cfg: LaunchConfig) -> dict:
     meta = {"name": cfg.name, "namespace": cfg.namespace, "labels": _labels(cfg)}
+    if cfg.queue_name:
+        # Kueue admits the whole job at once (gang) when its LocalQueue has quota; pods wait suspended until then
+        meta["labels"][KUEUE_QUEUE_LABEL] = cfg.queue_name
     if cfg.owner_pod:
         # Garbage collection removes the job with the launching pod, in case the watcher never saw the
         # cancellation (a signal that did not reach it). blockOwnerDeletion needs no extra RBAC when false.
@@ -164,8 +182,23 @@ def build_pytorchjob(cfg: LaunchConfig) -> dict:
     }
 
 
+def parse_trainer_version(text: str) -> tuple[int, int]:
+    """'2.2', 'v2.3.0' -> (2, 2), (2, 3); a release without runtimePatches is a UserError naming the flag."""
+    match = re.match(r"^v?(\d+)\.(\d+)(\.\d+)?(-[0-9A-Za-z.]+)?$", str(text).strip())
+    if not match:
+        raise UserError(f"--trainer-version {text!r}: expected a Kubeflow Trainer release such as 2.2 or v2.3.0")
+    version = (int(match.group(1)), int(match.group(2)))
+    if version < MIN_TRAINER_VERSION:
+        raise UserError(
+            f"--trainer-version {text}: TrainJobs from this launcher need Kubeflow Trainer >= 2.2 (spec.runtimePatches; "
+            "v2.0 had podSpecOverrides, v2.1 podTemplateOverrides); upgrade Trainer or use --backend pytorchjob"
+        )
+    return version
+
+
 def build_trainjob(cfg: LaunchConfig) -> dict:
-    """A trainer.kubeflow.org/v1alpha1 TrainJob for `cfg` on the `torch-distributed` runtime."""
+    """A trainer.kubeflow.org/v1alpha1 TrainJob for `cfg` on the `torch-distributed` runtime (Trainer >= 2.2)."""
+    parse_trainer_version(cfg.trainer_version)
     trainer = {
         "image": cfg.image,
         "command": cfg.command(),
@@ -183,7 +216,7 @@ def build_trainjob(cfg: LaunchConfig) -> dict:
         **_pod_spec_extras(cfg),
     }
     patch = {
-        "manager": "beit3.launcher",
+        "manager": PATCH_MANAGER,
         "trainingRuntimeSpec": {
             "template": {
                 "spec": {

@@ -13,17 +13,30 @@ import posixpath
 
 from beit3core import io
 from beit3core.data import formats
-from beit3core.data.importers.common import ImageCopier, decode, name_of, split_order, write_raw
+from beit3core.data.importers.common import (
+    ImageCopier,
+    decode,
+    name_of,
+    split_order,
+    write_raw,
+)
+from beit3core.data.names import check_inside, validate_name
 from beit3core.errors import UserError
 
 HEADER_WORDS = {"url", "image", "path", "image_path", "image_url", "file"}
 
 
 def _files(src: str) -> list[tuple[str, str]]:
+    """(split, file): the stem of each file in a folder names its split; a lone file is split `train`."""
     if io.isdir(src):
-        found = [(posixpath.basename(u).rsplit(".", 1)[0], u) for u in io.ls(src) if u.endswith((".tsv", ".txt"))]
+        found = [(validate_name(posixpath.basename(u).rsplit(".", 1)[0], what=f"{u}: split name"),
+                  check_inside(src, u)) for u in io.ls(src) if u.endswith((".tsv", ".txt"))]
         if not found:
             raise UserError(f"{src}: no .tsv files in this folder")
+        splits = [s for s, _ in found]
+        for split in splits:
+            if splits.count(split) > 1:  # train.tsv and train.txt: their row ids would collide
+                raise UserError(f"{src}: more than one file holds split {split!r} (train.tsv, train.txt); keep one")
         return found
     return [("train", src)]
 

@@ -14,7 +14,14 @@ import posixpath
 
 from beit3core import io
 from beit3core.data import formats
-from beit3core.data.importers.common import ImageCopier, load_json, name_of, split_order, write_raw
+from beit3core.data.importers.common import (
+    ImageCopier,
+    load_json,
+    name_of,
+    split_order,
+    write_raw,
+)
+from beit3core.data.names import validate_name
 from beit3core.errors import UserError
 
 FILES = {"coco-karpathy": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
@@ -31,10 +38,19 @@ def _locate(src: str, fmt: str) -> tuple[str, str]:
     return src, parent or "."
 
 
+def _image_path(filepath, filename) -> object:
+    """`<filepath>/<filename>`; a value of the wrong type is kept as it is for validation to quarantine the rows."""
+    if filepath in (None, ""):
+        return filename
+    if not isinstance(filepath, str):
+        return filepath
+    return posixpath.join(filepath, filename) if isinstance(filename, str) else filename
+
+
 def convert(src: str, stage: str, opts: dict) -> dict:
     fmt = opts["format"]
     path, folder = _locate(src, fmt)
-    doc = load_json(path)
+    doc = load_json(path, root=src if path != src else None)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise UserError(f"{path}: expected an object with an 'images' list (Karpathy split format)")
     kind = opts.get("kind") or "captioning"
@@ -44,18 +60,21 @@ def convert(src: str, stage: str, opts: dict) -> dict:
     copier = ImageCopier(images_root, stage, workers=opts.get("workers", 8))
     rows: dict[str, list[dict]] = {}
     for n, entry in enumerate(doc["images"]):
+        where = f"{path}: images[{n}]"
         if not isinstance(entry, dict):
-            raise UserError(f"{path}: images[{n}]: expected an object")
+            raise UserError(f"{where}: expected an object, got {type(entry).__name__}")
         split = entry.get("split", "train")
-        split = "train" if split == "restval" else str(split)
-        filepath, filename = entry.get("filepath") or "", entry.get("filename")
-        rel = posixpath.join(filepath, filename) if isinstance(filename, str) and filepath else filename
-        image = copier.ref(rel)
+        split = "train" if split == "restval" else validate_name(split, what=f"{where}: field 'split'")
+        sentences = entry.get("sentences", [])
+        if not isinstance(sentences, list):
+            # a string here would otherwise become one caption per character
+            raise UserError(f"{where}: field 'sentences': expected a list, got {type(sentences).__name__}")
+        image = copier.ref(_image_path(entry.get("filepath"), entry.get("filename")))
         image_id = entry.get("cocoid", entry.get("imgid", n))
-        for k, sent in enumerate(entry.get("sentences") or []):
-            sent = sent if isinstance(sent, dict) else {"raw": sent}
-            sid = sent.get("sentid", f"{image_id}-{k}")
-            row = {"id": sid, "image": image, "caption": sent.get("raw")}
+        for k, sent in enumerate(sentences):
+            if not isinstance(sent, dict):
+                raise UserError(f"{where}: sentences[{k}]: expected an object, got {type(sent).__name__}")
+            row = {"id": sent.get("sentid", f"{image_id}-{k}"), "image": image, "caption": sent.get("raw")}
             if kind != "pairs":
                 row["image_id"] = image_id
             rows.setdefault(split, []).append(row)

@@ -7,17 +7,20 @@ one that is not an image is quarantined by validation, not skipped here.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from beit3core import io
 from beit3core.data import formats
 from beit3core.data.importers.common import ImageCopier, name_of, split_order, write_raw
 from beit3core.errors import UserError
 
+SURROGATE = re.compile("[\ud800-\udfff]")  # bytes that were not UTF-8, kept by surrogateescape
+
 SPLITS = {"train", "val", "validation", "test", "dev"}
 
 
 def _rel(base: str, uri: str) -> str:
-    fs, b = io.filesystem(base)
+    b = io.filesystem(base)[1]
     p = io.filesystem(uri)[1]
     return p[len(b.rstrip("/")) + 1:]
 
@@ -37,6 +40,9 @@ def convert(src: str, stage: str, opts: dict) -> dict:
             label = posixpath.basename(cls.rstrip("/"))
             if label.startswith("."):
                 continue
+            if not label.isascii() and SURROGATE.search(label):
+                # a label is vocabulary (dataset.json 'labels'), not a row value: refused, not quarantined
+                raise UserError(f"{root}: class folder {label!a}: name is not valid UTF-8 (rename the folder)")
             labels.add(label)
             for f in io.ls(cls, recursive=True):
                 rel = _rel(src, f)

@@ -9,12 +9,18 @@ Splits: train, dev -> val, test1 -> test. The two image names come from the iden
 
 from __future__ import annotations
 
-import json
 import posixpath
 
 from beit3core import io
 from beit3core.data import formats
-from beit3core.data.importers.common import ImageCopier, decode, name_of, split_order, write_raw
+from beit3core.data.importers.common import (
+    ImageCopier,
+    decode,
+    name_of,
+    read_source,
+    split_order,
+    write_raw,
+)
 from beit3core.errors import UserError
 
 SPLIT_NAMES = {"train": "train", "dev": "val", "test1": "test", "test2": "test2"}
@@ -27,30 +33,37 @@ def _image_dir(src: str, split: str) -> str:
 def convert(src: str, stage: str, opts: dict) -> dict:
     if not io.isdir(src):
         raise UserError(f"{src}: not a folder (expected train.json, dev.json, test1.json)")
-    files = {posixpath.basename(u)[:-5]: u for u in io.ls(src) if u.endswith((".json", ".jsonl"))
-             and posixpath.basename(u).rsplit(".", 1)[0] in SPLIT_NAMES}
-    files = {k.rsplit(".", 1)[0] if k.endswith(".") else k: v for k, v in files.items()}
+    files: dict[str, str] = {}
+    for u in io.ls(src):
+        stem, _, ext = posixpath.basename(u).rpartition(".")
+        if ext in ("json", "jsonl") and stem in SPLIT_NAMES:
+            if stem in files:  # train.json and train.jsonl: one would silently replace the other
+                raise UserError(f"{src}: both {posixpath.basename(files[stem])} and {posixpath.basename(u)} "
+                                f"hold split {stem!r}; keep one")
+            files[stem] = u
     if not files:
         raise UserError(f"{src}: no train.json / dev.json / test1.json")
     copier = ImageCopier(src, stage, workers=opts.get("workers", 8))
     rows: dict[str, list[dict]] = {}
     for orig, uri in sorted(files.items()):
-        orig = orig.rsplit(".", 1)[0]
         split = SPLIT_NAMES[orig]
         out = rows.setdefault(split, [])
-        for n, line in enumerate(decode(io.read_bytes(uri)).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{uri}: row {n}: malformed JSON ({e.msg})") from None
+        for n, rec in io.parse_jsonl(decode(read_source(src, uri)), uri):
+            if not isinstance(rec, dict):
+                raise UserError(f"{uri}: row {n}: expected a JSON object, got {type(rec).__name__}")
             ident = rec.get("identifier", f"{orig}-{n}")
+            if not isinstance(ident, str):
+                # the image names are built from it: a number or a list would name images it never meant
+                raise UserError(f"{uri}: row {n}: field 'identifier': expected a string, got {type(ident).__name__}")
+            sub = rec.get("directory", "")
+            if isinstance(sub, int) and not isinstance(sub, bool):
+                sub = str(sub)  # the released files hold the folder number as a string or an integer
+            if not isinstance(sub, str):
+                raise UserError(f"{uri}: row {n}: field 'directory': expected a string, got {type(sub).__name__}")
             label = rec.get("label")
             label = {"true": True, "false": False}.get(label.lower(), label) if isinstance(label, str) else label
-            base = ident.rsplit("-", 1)[0] if isinstance(ident, str) else str(ident)
+            base = ident.rsplit("-", 1)[0]
             folder = _image_dir(src, orig)
-            sub = str(rec["directory"]) if "directory" in rec else ""
             left = posixpath.join(folder, sub, f"{base}-img0.png")
             right = posixpath.join(folder, sub, f"{base}-img1.png")
             out.append({"id": ident, "image_left": copier.ref(left), "image_right": copier.ref(right),

@@ -12,6 +12,7 @@ import re
 from beit3core import io
 from beit3core.data import formats
 from beit3core.data.importers.common import decode, name_of, split_order, write_raw
+from beit3core.data.names import check_inside
 from beit3core.errors import UserError
 
 SPLITS = {"train", "val", "validation", "test", "dev"}
@@ -24,6 +25,8 @@ def convert(src: str, stage: str, opts: dict) -> dict:
         raise UserError(f"{src}: no text files")
     rows: dict[str, list[dict]] = {}
     for uri in files:
+        if uri != src:
+            check_inside(src, uri)  # a file found in SRC's folder must not lead out of it
         stem = posixpath.basename(uri.replace("\\", "/")).rsplit(".", 1)[0]
         split = stem if stem in SPLITS else "train"
         text = decode(io.read_bytes(uri))

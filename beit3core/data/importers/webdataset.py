@@ -15,6 +15,7 @@ import posixpath
 from beit3core import io
 from beit3core.data import formats
 from beit3core.data.importers.common import decode, name_of, split_order, write_raw
+from beit3core.data.names import check_inside, validate_name
 from beit3core.data.shards import group_samples, iter_tar
 from beit3core.errors import UserError
 
@@ -25,7 +26,8 @@ def convert(src: str, stage: str, opts: dict) -> dict:
     if not io.isdir(src):
         raise UserError(f"{src}: not a folder of .tar shards")
     subdirs = [u for u in io.ls(src) if io.isdir(u) and any(x.endswith(".tar") for x in io.ls(u))]
-    layout = {posixpath.basename(u.rstrip("/")): u for u in subdirs} or {"train": src}
+    layout = {validate_name(posixpath.basename(u.rstrip("/")), what=f"{u}: split name"): u for u in subdirs} \
+        or {"train": src}
     rows: dict[str, list[dict]] = {}
     os.makedirs(os.path.join(stage, formats.SHARD_DIR), exist_ok=True)
     for split, folder in layout.items():
@@ -34,6 +36,7 @@ def convert(src: str, stage: str, opts: dict) -> dict:
             raise UserError(f"{folder}: no .tar shards")
         out = rows.setdefault(split, [])
         for uri in tars:
+            check_inside(src, uri)  # never copy a shard that a link brings in from outside SRC
             shard = posixpath.basename(uri) if len(layout) == 1 else f"{split}-{posixpath.basename(uri)}"
             fs, path = io.filesystem(uri)
             fs.get_file(path, os.path.join(stage, formats.SHARD_DIR, shard))  # streamed, unchanged

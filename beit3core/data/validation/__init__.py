@@ -13,8 +13,8 @@ Outputs (OUT mirrors SRC), written by `report` and `pack`:
     OUT/data_docs/index.html (self-contained summary) and OUT/data_docs/gx/ (the GX Data Docs site)
 
 Nothing is dropped silently: clean + quarantined == input rows, per dataset and split. If any dataset
-rejects more than `max_reject_fraction` of its rows the reports are still written, no dataset is, and a
-UserError names the dataset.
+rejects more than `max_reject_fraction` of its rows, or has no clean row at all (an empty dataset is no
+success), the reports are still written, no dataset is, and a UserError names the dataset.
 """
 
 from __future__ import annotations
@@ -22,21 +22,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 
-from tqdm import tqdm
-
-from beit3core import io
+from beit3core import io, publish
 from beit3core.data import formats
 from beit3core.data.reading import clear_cache
 from beit3core.data.staging import staged_dir
 from beit3core.data.validation.gx import GXRunner, gx_frame
-from beit3core.data.validation.image_checks import check_image_bytes, check_images, image_checks
+from beit3core.data.validation.image_checks import (
+    check_image_bytes,
+    check_images,
+    image_checks,
+)
 from beit3core.data.validation.pack import write_dataset
-from beit3core.data.validation.report import DatasetReport, ValidationReport, write_reports
+from beit3core.data.validation.report import (
+    DatasetReport,
+    ValidationReport,
+    write_reports,
+)
 from beit3core.data.validation.row_checks import row_checks
 from beit3core.data.validation.table import Table, parse_jsonl, read_table
-from beit3core.errors import UserError
+from beit3core.errors import UserError, in_range
+from beit3core.progress import progress_bar
 
 __all__ = ["DatasetReport", "GXRunner", "Table", "ValidationReport", "add_arguments", "check_image_bytes",
            "check_images", "parse_jsonl", "read_table", "row_checks", "run", "validate", "validate_table"]
@@ -62,17 +68,17 @@ def validate(src: str, out: str, *, max_reject_fraction: float = 0.05, workers: 
     workers = _check_arguments(src, out, max_reject_fraction, workers)
     report = ValidationReport(max_reject_fraction)
     rels = formats.find_datasets(src)
-    for rel in tqdm(rels, desc="validate", unit="dataset", disable=len(rels) < 2):
+    for rel in progress_bar(rels, desc="validate", unit="dataset", disable=len(rels) < 2):
         uri = io.join(src, rel) if rel else src
         report.datasets.append(validate_table(read_table(uri, prefix=f"{rel}/" if rel else ""), uri, workers, rel=rel))
 
-    with tempfile.TemporaryDirectory(prefix="beit3-gx-") as docs_tmp:
+    with io.temp_dir("gx") as docs_tmp:  # a killed run's copy is removed by the next run
         if data_docs:
             _run_gx(report, docs_tmp)
         summary = report.summary()
-        with staged_dir(out) as stage:
+        with staged_dir(out, "data validate", flag="--out") as stage:
             if report.success:
-                for d in tqdm(report.datasets, desc="write shards", unit="dataset", disable=len(report.datasets) < 2):
+                for d in progress_bar(report.datasets, desc="write shards", unit="dataset", disable=len(report.datasets) < 2):
                     write_dataset(io.join(src, d.rel) if d.rel else src, os.path.join(stage, d.rel) if d.rel else stage,
                                   d, shard_size=shard_size, max_reject_fraction=max_reject_fraction)
             write_reports(stage, report, summary, docs_tmp if data_docs else None)
@@ -89,13 +95,12 @@ def _check_arguments(src: str, out: str, max_reject_fraction: float, workers: in
     """The number of workers to use; a UserError for a bad threshold, worker count or output place."""
     if not 0 <= max_reject_fraction <= 1:
         raise UserError(f"--max-reject-fraction must be between 0 and 1, got {max_reject_fraction}")
-    workers = workers or os.cpu_count() or 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    a = str(src).rstrip("/") if io.is_remote(src) else os.path.abspath(src)
-    b = str(out).rstrip("/") if io.is_remote(out) else os.path.abspath(out)
-    if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
-        raise UserError(f"--out {out}: must be outside SRC {src} (and not contain it)")
+    publish.check_disjoint(src, out, src_flag="SRC", out_flag="--out")
+    publish.check_place(out, "data validate", flag="--out")  # before the work: OUT must be empty or our own earlier output
+    publish.check_complete(src, what="SRC")  # an import or synth output that lost files is refused
     return workers
 
 
@@ -111,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="a dataset or a collection (folder or s3:// URI)")
     p.add_argument("--out", required=True, help="where the validated copy and the reports go")
     p.add_argument("--max-reject-fraction", type=float, default=0.05)
-    p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: CPU count)")
+    p.add_argument("--workers", type=in_range(int, "[1, inf)"), default=None, help="parallel image checks (default: CPU count)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per WebDataset shard")
 
 

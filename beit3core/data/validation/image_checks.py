@@ -18,10 +18,13 @@ from tqdm import tqdm
 
 from beit3core import io
 from beit3core.data import formats
-from beit3core.data.shards import IMAGE_EXTS, ShardReader
+from beit3core.data.names import LinkOutside, check_inside
+from beit3core.data.reading import stable_message, upright
+from beit3core.data.shards import IMAGE_EXTS, CompressedShard, ShardReader
 from beit3core.data.validation.check import Check, flag, short
 from beit3core.data.validation.table import Table
 from beit3core.errors import UserError
+from beit3core.progress import progress_bar
 
 MEMORY_BUDGET = 512 << 20  # image bytes kept from the check for packing; beyond it images are read again
 
@@ -64,26 +67,35 @@ def check_image_bytes(data: bytes) -> ImageResult:
             img.verify()
         with Image.open(_pyio.BytesIO(data)) as img:
             img.load()
+            upright(img)  # as every reader does: an unreadable orientation fails here, not in training
         if fmt == "PNG" and not data.rstrip(b"\0").endswith(b"IEND\xaeB`\x82"):
             raise OSError("PNG ends before its IEND chunk (truncated)")
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
-        return ImageResult(False, f"image does not decode ({type(e).__name__}: {' '.join(str(e).split())})")
+        return ImageResult(False, f"image does not decode ({type(e).__name__}: {stable_message(e)})")
     return ImageResult(True, "", w, h, IMAGE_EXTS.get(fmt, (fmt or "img").lower()), hashlib.md5(data).hexdigest())
+
+
+def _read(root: str, ref: str, reader: ShardReader | None) -> bytes:
+    """The bytes of image `ref` (a path under `root` or a shard reference); a link out of `root` is not read."""
+    if formats.is_shard_ref(ref) and reader is not None:
+        return reader.read(*formats.parse_shard_ref(ref))
+    return io.read_bytes(check_inside(root, io.join(root, ref)))
 
 
 def read_ref(root: str, ref: str, reader: ShardReader | None) -> bytes | None:
     """The bytes of image `ref` (a path under `root` or a shard reference), or None when it cannot be read."""
     try:
-        if formats.is_shard_ref(ref) and reader is not None:
-            return reader.read(*formats.parse_shard_ref(ref))
-        return io.read_bytes(io.join(root, ref))
+        return _read(root, ref, reader)
     except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         return None
 
 
 def _check_one(root: str, ref: str, reader: ShardReader | None) -> ImageResult:
-    data = read_ref(root, ref, reader)
-    if data is None:
+    try:
+        data = _read(root, ref, reader)
+    except (LinkOutside, CompressedShard) as e:  # named: "not found" would send the user looking for a file
+        return ImageResult(False, f"image not read: {e}".replace(str(root), "<dataset>"))
+    except (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         return ImageResult(False, f"image not found: {short(ref)}")
     res = check_image_bytes(data)
     res.data = data if res.ok else None
@@ -136,7 +148,7 @@ def check_images(root: str, refs: list[str], workers: int, keep_bytes: bool = Tr
     at hand for packing. `processes=True` uses a process pool instead (bytes are then read again to pack).
     """
     workers = max(1, workers)
-    with tqdm(total=len(refs), desc=desc, unit="img", leave=False, mininterval=1.0) as bar:
+    with progress_bar(total=len(refs), desc=desc, unit="img", leave=False, mininterval=1.0) as bar:
         if processes and workers > 1:
             return _check_in_processes(root, refs, workers, bar)
         return _check_in_threads(root, refs, workers, MEMORY_BUDGET if keep_bytes else 0, bar)

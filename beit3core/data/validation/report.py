@@ -106,7 +106,8 @@ class ValidationReport:
 
     @property
     def failures(self) -> list[DatasetReport]:
-        return [d for d in self.datasets if d.rejected_fraction > self.max_reject_fraction]
+        """Datasets above the threshold, and those left with no clean row (an empty dataset is no success)."""
+        return [d for d in self.datasets if d.rejected_fraction > self.max_reject_fraction or not d.clean.any()]
 
     @property
     def success(self) -> bool:
@@ -119,10 +120,17 @@ class ValidationReport:
                 "success": self.success}
 
     def failure(self, src: str, out: str, summary: dict) -> UserError:
-        """The error naming the dataset that rejected the largest fraction of its rows."""
-        worst = max(self.failures, key=lambda d: d.rejected_fraction)
+        """The error naming the failed dataset: an empty one or one with no clean row first, else the one that
+        rejected the largest fraction of its rows."""
+        worst = max(self.failures, key=lambda d: (not d.clean.any(), d.rejected_fraction))
         d = summary["datasets"][worst.key]
-        return UserError(f"{io.join(src, worst.rel) if worst.rel else src}: {d['quarantined']} of {d['rows']} rows "
+        where = io.join(src, worst.rel) if worst.rel else src
+        if d["rows"] == 0:
+            return UserError(f"{where}: no rows in any split (an empty dataset does not validate)")
+        if d["clean"] == 0:
+            return UserError(f"{where}: all {d['rows']} rows rejected, none left to write; "
+                             f"reasons in {io.join(out, 'quarantine.jsonl')}")
+        return UserError(f"{where}: {d['quarantined']} of {d['rows']} rows "
                          f"rejected ({d['rejected_fraction']:.1%}), above --max-reject-fraction "
                          f"{self.max_reject_fraction}; reasons in {io.join(out, 'quarantine.jsonl')}")
 

@@ -14,11 +14,20 @@ import numpy as np
 import pandas as pd
 
 from beit3core.data.formats import TextField
-from beit3core.data.validation.check import SURROGATE, Check, clean_text, flag, gx_column, short
+from beit3core.data.importers.vqa_answers import normalize_answer
+from beit3core.data.validation.check import (
+    SURROGATE,
+    Check,
+    clean_text,
+    flag,
+    gx_column,
+    short,
+)
 from beit3core.data.validation.table import Table
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 ABSOLUTE = re.compile(r"^(?:/|\\|[A-Za-z]:)")
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")  # C0 but tab/LF/CR, DEL, C1, BOM
 ESCAPES = re.compile(r"(?:^|[/\\])\.\.(?:[/\\]|$)")
 UNSAFE_PATH = r"^(?:/|\\|[A-Za-z]:|[A-Za-z][A-Za-z0-9+.-]*://)|(?:^|[/\\])\.\.(?:[/\\]|$)"  # the same, for GX
 EVAL_SPLITS = ("test", "val", "validation", "dev", "minival", "testdev", "test-dev")
@@ -64,7 +73,7 @@ def row_checks(t: Table) -> RowChecks:
     for f in spec.fields:
         rc.checks += _field_checks(rc, f)
     for tf in spec.text_fields:
-        rc.checks += [_valid_utf8(rc, tf.name), _text_length(rc, tf)]
+        rc.checks += [_valid_utf8(rc, tf.name), _no_control(rc, tf.name), _text_length(rc, tf)]
     rc.checks.append(_unique_ids(rc))
     for f in spec.image_fields:
         rc.checks.append(_image_path(rc, f))
@@ -129,6 +138,25 @@ def _valid_utf8(rc: RowChecks, f: str) -> Check:
     return Check(f"{f}: valid UTF-8", "ExpectColumnValuesToBeInSet",
                  {"column": f"{f}__valid_utf8", "value_set": [True]}, invalid,
                  {i: f"field {f!r}: not valid UTF-8" for i in rc.indices(invalid)})
+
+
+def _no_control(rc: RowChecks, f: str) -> Check:
+    """A text holds no control character (tab, newline and carriage return aside) and no byte-order mark.
+
+    They are invisible in every report and break tokenizers and terminals; the row is quarantined rather than
+    silently rewritten, so what trains is exactly what the source said. (Importers drop a BOM that opens a file.)"""
+    values, typed = rc.values[f], rc.typed[f]
+    bad = np.zeros(len(values), bool)
+    reasons = {}
+    for i, v in enumerate(values):
+        if typed[i] and not v.isprintable():  # C-level prefilter: only rows with such characters meet the regex
+            m = CONTROL.search(v)
+            if m:
+                bad[i] = True
+                reasons[i] = f"field {f!r}: control character U+{ord(m.group()):04X} at position {m.start()}"
+    rc.columns[f"{f}__no_control"] = flag(~bad, typed)
+    return Check(f"{f}: no control characters", "ExpectColumnValuesToBeInSet",
+                 {"column": f"{f}__no_control", "value_set": [True]}, bad, reasons)
 
 
 def _text_length(rc: RowChecks, tf: TextField) -> Check:
@@ -198,7 +226,8 @@ def _image_path(rc: RowChecks, f: str) -> Check:
 
 
 def _vocab_norm(answer: str) -> str:
-    return " ".join(answer.lower().split())
+    """The normalisation the VQA task applies before matching answers to the vocabulary (released)."""
+    return normalize_answer(answer)
 
 
 def _answers_in_vocab(rc: RowChecks, vocab: list) -> Check:

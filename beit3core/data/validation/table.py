@@ -10,6 +10,7 @@ import numpy as np
 from beit3core import io
 from beit3core.data import formats
 from beit3core.data.formats import KindSpec
+from beit3core.data.names import check_inside
 from beit3core.errors import UserError
 
 
@@ -52,7 +53,7 @@ def parse_jsonl(data: bytes) -> tuple[list, list[int]]:
 
     Bytes that are not UTF-8 are kept as lone surrogates (surrogateescape) for the checks to name them.
     """
-    text = data.decode("utf-8", "surrogateescape")
+    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")  # a leading BOM is not a row
     numbered = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     try:  # fast path: one parser call for the whole file
         rows = json.loads("[" + ",".join(line for _, line in numbered) + "]")
@@ -76,14 +77,16 @@ def read_table(uri: str, prefix: str = "") -> Table:
     where = io.join(uri, formats.HEADER)
     if not io.exists(where):
         raise UserError(f"{where}: no such file (not a dataset folder)")
-    header = formats.check_header(io.read_json(where), where)
+    header = formats.check_header(io.read_json(check_inside(uri, where)), where)
     spec = formats.kind_spec(header["kind"], where)
     all_rows, splits, lines = [], [], []
     for split in header["splits"]:
         path = io.join(uri, formats.split_file(split))
         if not io.exists(path):
             raise UserError(f"{path}: no such file (split {split!r} is listed in dataset.json)")
-        rows, nums = parse_jsonl(io.read_bytes(path))
+        if io.isdir(path):
+            raise UserError(f"{path}: a folder, not a split file (split {split!r} is listed in dataset.json)")
+        rows, nums = parse_jsonl(io.read_bytes(check_inside(uri, path)))
         all_rows += rows
         lines += nums
         splits += [split] * len(rows)
