@@ -4,6 +4,7 @@ build context leaves out (.dockerignore) and what the image installs (the Docker
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -17,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_image_builds_pushes_and_prints_the_digest_to_pin():
-    out = subprocess.run(["make", "-n", "image", "IMAGE_REPO=reg.example.com/team/beit3", "IMAGE_TAG=t1"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # a clean environment: under `make test` the inherited MAKEFLAGS/MAKELEVEL make the sub-make print
+    # "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "image", "IMAGE_REPO=reg.example.com/team/beit3",
+                          "IMAGE_TAG=t1"], cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
     lines = out.splitlines()
     assert lines[0] == "docker build -t reg.example.com/team/beit3:t1 ."
     assert lines[1] == "docker push reg.example.com/team/beit3:t1"
