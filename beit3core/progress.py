@@ -24,29 +24,35 @@ def line_interval() -> float:
     return value if value >= 0 else DEFAULT_INTERVAL_S
 
 
+LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
 class LineProgress(tqdm):
     """tqdm that writes a full line per refresh instead of redrawing one line in place."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, iterable=None, *args, **kwargs):
         kwargs["mininterval"] = max(float(kwargs.get("mininterval", 0.1)), line_interval())
         kwargs["miniters"] = 1  # with dynamic miniters tqdm would refresh on count, not on time
-        kwargs["ascii"] = True
         kwargs["dynamic_ncols"] = False
-        kwargs["ncols"] = kwargs.get("ncols") or 100
-        kwargs["leave"] = True  # a log keeps its last line; clearing is a terminal notion
+        kwargs["ncols"] = None  # a log line is never cut to a terminal's width
+        total = kwargs.get("total")
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        if total:
+            kwargs["bar_format"] = LINE_FORMAT  # no bar: figures only
+        # Not `leave`: tqdm would end the last line with a newline of its own; `display` ends every line itself
+        # and prints the final one when close() asks to clear it.
+        kwargs["leave"] = False
         self._last_line = None
-        super().__init__(*args, **kwargs)
+        super().__init__(iterable, *args, **kwargs)
 
     def display(self, msg=None, pos=None):
-        if msg == "":  # tqdm clears the line before redrawing or on close: nothing to clear in a log
-            return True
-        line = (msg if msg is not None else self.__str__()).strip()
+        line = self.__str__().strip() if not msg else msg.strip()
         if line and line != self._last_line:
-            # The newline goes before a line, not after: tqdm's close() ends the last one with its own.
-            self.fp.write(("\n" if self._last_line is not None else "") + line)
+            self.fp.write(line + "\n")
             self.fp.flush()
             self._last_line = line
-        return True
+        return False  # nothing to clear with a carriage return
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:

@@ -41,3 +41,19 @@ def test_terminal_keeps_the_redrawn_bar():
     list(bar)
     bar.close()
     assert "\r" in out.getvalue()
+
+
+def test_other_log_lines_never_join_a_progress_line(monkeypatch):
+    """A log record written between two refreshes starts on a line of its own (in `dvc repro` output a
+    checkpoint message was glued to the end of the bar), and no line is cut to a terminal width."""
+    monkeypatch.setenv("BEIT3_PROGRESS_INTERVAL", "0")
+    out = _io.StringIO()
+    bar = progress_bar(total=3, desc="pretrain", file=out)
+    bar.set_postfix({"loss": 1.25, "grad_norm": 3.5, "samples_per_s": 157.25, "lr": 0.001}, refresh=False)
+    bar.update(1)
+    out.write("INFO checkpoint step 1\n")
+    bar.update(2)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "INFO checkpoint step 1" in lines
+    assert lines[-1].startswith("pretrain: 100% 3/3") and "samples_per_s=157" in lines[-1]
