@@ -138,3 +138,21 @@ def test_eval_transforms_are_the_released_ones():
     assert isinstance(cls[0], T.Resize) and cls[0].size == 48 and cls[0].interpolation == T.InterpolationMode.BICUBIC
     assert isinstance(cls[1], T.CenterCrop) and cls[1].size == (48, 48)
     assert tuple(cls[-1].mean) == IMAGENET_MEAN and tuple(vl[-1].mean) == (0.5, 0.5, 0.5)
+
+
+def test_released_classification_recipe_survives_timms_zero_bit_posterize():
+    """`rand-m9-mstd0.5-inc1` with magnitude noise reaches timm's strongest posterize level, which asks Pillow for
+    0 bits; Pillow >= 11 raises on it (a worker crash seen in a pipeline run). Every posterize op is called at
+    its extreme levels here."""
+    from PIL import Image
+
+    from beit3core.tasks.data import TrainAugment, classification_train_transform
+
+    transform = classification_train_transform(64, TrainAugment(crop_scale=(0.08, 1.0),
+                                                                auto_augment="rand-m9-mstd0.5-inc1"))
+    ops = [op for step in transform.transforms for op in getattr(step, "ops", ()) if "Posterize" in op.name]
+    assert ops
+    img = Image.new("RGB", (64, 64), (200, 100, 50))
+    for op in ops:
+        for bits in (0, 4, 8):
+            assert op.aug_fn(img, bits).size == (64, 64)

@@ -63,7 +63,20 @@ def classification_train_transform(img_size: int, augment: TrainAugment) -> Call
         raise UserError(f"--auto-augment {augment.auto_augment!r}: not a timm augmentation policy ({err})") from None
     if img_size <= 32:  # released: small inputs are padded and cropped, not resized
         transform.transforms[0] = T.RandomCrop(img_size, padding=4)
+    for step in transform.transforms:
+        for op in getattr(step, "ops", ()):  # timm RandAugment's ops
+            if "Posterize" in op.name:
+                op.aug_fn = _posterize_at_least_one_bit(op.aug_fn)
     return transform
+
+
+def _posterize_at_least_one_bit(posterize: Callable) -> Callable:
+    """timm asks for 0 bits at its strongest posterize level (reached with `mstd` magnitude noise); Pillow >= 11
+    refuses that (`bits must be between or equal to 1 and 8`) and a training worker would die on it. 1 bit is the
+    strongest posterize Pillow does."""
+    def at_least_one_bit(img, bits, **kwargs):
+        return posterize(img, max(1, int(bits)), **kwargs)
+    return at_least_one_bit
 
 
 def image_transform(task: str, img_size: int, train: bool, augment: TrainAugment = TrainAugment()) -> Callable:
