@@ -5,6 +5,7 @@ it as `error: <message>` and exits with status 2; anything else is a bug and kee
 """
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -34,6 +35,16 @@ def check_range(name: str, value, bounds: str) -> None:
         else:
             want = f"in {bounds}"
         raise UserError(f"{name}: must be {want}, got {value!r}")
+
+
+def check_bounds(config) -> None:
+    """Refuse a dataclass field outside the interval in its metadata `bounds` (each value of a tuple), naming
+    its flag: the parsers' rule, for configs built without a parser (task.json, params.yaml, components)."""
+    for field in dataclasses.fields(config):
+        value, bounds = getattr(config, field.name), field.metadata.get("bounds")
+        if bounds and value is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                check_range("--" + field.name.replace("_", "-"), item, bounds)
 
 
 def finite_float(text: str) -> float:

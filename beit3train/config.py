@@ -115,16 +115,6 @@ def add_arguments(parser, cls, *, released_defaults: bool = False) -> None:
         parser.add_argument(flag(field.name), **kwargs)
 
 
-def check_bounds(cfg) -> None:
-    """Refuse a field outside its `bounds` (each value of a tuple), naming its flag: the same rule as the
-    parser's, for configs built without it (tests, components, a saved config)."""
-    for field in dataclasses.fields(cfg):
-        value, bounds = getattr(cfg, field.name), field.metadata.get("bounds")
-        if bounds and value is not None:
-            for item in value if isinstance(value, tuple) else (value,):
-                check_range(flag(field.name), item, bounds)
-
-
 def field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 

@@ -32,7 +32,7 @@ from timm.data import Mixup
 from torch import nn
 
 from beit3core import data, io
-from beit3core.errors import ArgumentParser, UserError, run_main
+from beit3core.errors import ArgumentParser, UserError, check_bounds, run_main
 from beit3core.task_checkpoint import (
     build_task_model_for_init,
     save_task_model,
@@ -46,7 +46,6 @@ from beit3core.tokenizers import TextTokenizer
 from beit3train import checkpointing
 from beit3train.config import (
     add_arguments,
-    check_bounds,
     config_from,
     field_names,
     make_parser,

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from beit3core import data, io
 from beit3core.checkpoint import save_model
-from beit3core.errors import ArgumentParser, UserError, run_main
+from beit3core.errors import ArgumentParser, UserError, check_bounds, run_main
 from beit3core.factory import create_model
 from beit3core.models import POSITION_INITS, Beit3Config, Beit3Model
 from beit3core.pretrain import (
@@ -45,7 +45,7 @@ from beit3core.pretrain.data import samples_per_step
 from beit3core.tokenizers import TextTokenizer
 from beit3core.tokenizers.visual import VisualTokenizer
 from beit3train import checkpointing
-from beit3train.config import check_bounds, config_from, make_parser, setting
+from beit3train.config import config_from, make_parser, setting
 from beit3train.distributed import DistInfo, all_reduce_sum, barrier, run_distributed
 from beit3train.hooks import TrainHooks
 from beit3train.metrics import MetricsLogger

@@ -11,10 +11,16 @@ import typing
 
 import pytest
 
-from beit3core.errors import ArgumentParser, UserError, check_range, in_range, run_main
+from beit3core.errors import (
+    ArgumentParser,
+    UserError,
+    check_bounds,
+    check_range,
+    in_range,
+    run_main,
+)
 from beit3core.tasks import TaskSettings, settings_for
 from beit3train import finetune, pretrain
-from beit3train.config import check_bounds
 
 FINETUNE = ["--task", "classification", "--data", "d", "--text-tokenizer", "t", "--init", "random", "--out", "o"]
 PRETRAIN = ["--data", "d", "--text-tokenizer", "t", "--visual-tokens", "v", "--out", "o",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from beit3core.errors import UserError, check_range
+from beit3core.errors import UserError, check_bounds
 
 _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "tuple[float, float]": tuple}
 
@@ -75,9 +75,7 @@ class TaskSettings:
             kind = _TYPES.get(f.type)
             if kind and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
                 raise UserError(f"--{f.name.replace('_', '-')}: expected {f.type}, got {value!r}")
-            if f.metadata.get("bounds"):
-                for item in value if isinstance(value, tuple) else (value,):
-                    check_range(f"--{f.name.replace('_', '-')}", item, f.metadata["bounds"])
+        check_bounds(self)
         if len(self.betas) != 2:
             raise UserError(f"--betas: expected two numbers, got {self.betas!r}")
         for name in ("img_size", "max_len", "batch_size", "eval_batch_size", "num_beams"):
