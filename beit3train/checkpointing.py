@@ -2,21 +2,30 @@
 
 Layout under a run URI (local path or s3://):
 
-    RUN_URI/checkpoints/step-0000200/checkpoint.pt   torch.save of a dict of tensors and plain values
-    RUN_URI/checkpoints/step-0000200/COMPLETE         written last: {"step": 200, "bytes": N}
+    RUN_URI/checkpoints/step-0000200/checkpoint.pt   full format: torch.save of a dict of tensors and plain values
+    RUN_URI/checkpoints/step-0000200/COMPLETE         written last: {"step": 200, "bytes": N, "format": "full"}
 
-`checkpoint.pt` is published atomically (temporary name, then rename or server-side move) and `COMPLETE` only
-after it, so a process killed at any point leaves either a finished checkpoint or a folder without
-`COMPLETE`, which `latest_complete` never returns. Rank 0 writes; rank 0 alone lists the folder on resume
-and broadcasts its choice (ranks can see different listings on a shared filesystem or object store under
-load). Files load with `torch.load(weights_only=True)`, so the dict holds only tensors, numbers, strings,
-lists, tuples, dicts and None: RNG states are converted accordingly.
+or, in the sharded format (beit3train.sharded_checkpoint: every rank writes its own part, nothing is gathered):
+
+    RUN_URI/checkpoints/step-0000200/shards/          __<rank>_0.distcp per rank + .metadata (DCP)
+    RUN_URI/checkpoints/step-0000200/train_state.pt   the rest of the dict below, no model or optimizer tensors
+    RUN_URI/checkpoints/step-0000200/COMPLETE         written last: {"step": 200, "bytes": N, "format": "sharded"}
+
+`checkpoint.pt` (or `train_state.pt`, after every rank's shard) is published atomically (temporary name, then
+rename or server-side move) and `COMPLETE` only after it, so a process killed at any point leaves either a
+finished checkpoint or a folder without `COMPLETE`, which `latest_complete` never returns. Rank 0 writes (in
+the sharded format every rank writes its shard first); rank 0 alone lists the folder on resume and broadcasts
+its choice (ranks can see different listings on a shared filesystem or object store under load). Files load
+with `torch.load(weights_only=True)`, so the dict holds only tensors, numbers, strings, lists, tuples, dicts
+and None: RNG states are converted accordingly.
 
 Both trainers save and resume through `save_train_state` / `resume_train_state`. The checkpoint dict:
 {"model", "optimizer", "scheduler", "step", the trainer's progress counters (pretraining: "samples_seen",
-"data_position"; fine-tuning: "epoch", "losses"), "rng" (a list, one entry per rank), "config", "world_size"}.
-A resume refuses settings whose change breaks exactness (config fields marked `exact`, the number of
-processes) and logs the other changes.
+"data_position"; fine-tuning: "epoch", "losses"), "rng" (a list, one entry per rank), "config", "world_size"};
+in the sharded format "model" and "optimizer" are replaced by "param_groups" (the optimizer's, without state).
+A resume reads either format, whatever format the run saves next. It refuses settings whose change breaks
+exactness (config fields marked `exact`; the number of processes unless the trainer's data order does not
+depend on it) and logs the other changes.
 """
 
 from __future__ import annotations
@@ -46,14 +55,17 @@ from beit3core import io
 from beit3core.checkpoint import strip_wrapper_prefixes
 from beit3core.errors import UserError
 from beit3core.io import TMP_MARK  # noqa: F401 - re-exported for tests of partial writes
-from beit3train import distributed
+from beit3train import distributed, sharded_checkpoint
 from beit3train.config import describe, resume_changes
+from beit3train.runtime import FSDP_MIN_EMBED_DIM
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "checkpoint.pt"
+SHARDED_STATE_FILE = "train_state.pt"
 MARKER = "COMPLETE"
+FORMATS = ("auto", "full", "sharded")
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _CHUNK = 16 << 20
 
@@ -73,7 +85,8 @@ def list_checkpoints(run_uri: str) -> list[tuple[int, str, bool]]:
     for entry in io.ls(root):
         match = _STEP_RE.match(entry.rstrip("/").rsplit("/", 1)[-1])
         if match:
-            has_marker, has_state = io.exists(io.join(entry, MARKER)), io.exists(io.join(entry, STATE_FILE))
+            has_marker = io.exists(io.join(entry, MARKER))
+            has_state = any(io.exists(io.join(entry, name)) for name in (STATE_FILE, SHARDED_STATE_FILE))
             if has_marker or has_state or _has_files(entry):
                 found.append((int(match.group(1)), entry.rstrip("/"), has_marker and has_state))
             # else: an empty folder left by a store that keeps directories (SeaweedFS) after a removal
@@ -111,13 +124,20 @@ def save_checkpoint(run_uri: str, step: int, state: dict[str, Any], keep_last: i
     `on_write(step, phase)` (a test seam) is called with half of checkpoint.pt written ("partial-file") and
     with checkpoint.pt published but COMPLETE not yet written ("before-marker")."""
     uri = checkpoint_uri(run_uri, step)
+    size = _write_state_file(io.join(uri, STATE_FILE), state, step, on_write)
+    _publish(run_uri, step, {"bytes": size, "format": "full"}, keep_last, on_write)
+    return uri
+
+
+def _write_state_file(uri: str, state: dict[str, Any], step: int, on_write) -> int:
+    """torch.save `state` to `uri` atomically; the file's size."""
     with tempfile.TemporaryDirectory(prefix="beit3-ckpt-") as tmp:
-        local = os.path.join(tmp, STATE_FILE)
+        local = os.path.join(tmp, "state.pt")
         torch.save(state, local)
         size = os.path.getsize(local)
         # with a watcher, the first block is at most half the file, so it sees a partial file
         first = min(_CHUNK, max(1, size // 2)) if on_write else _CHUNK
-        with open(local, "rb") as src, io.atomic_write(io.join(uri, STATE_FILE), "wb") as dst:
+        with open(local, "rb") as src, io.atomic_write(uri, "wb") as dst:
             block = src.read(first)
             dst.write(block)
             if on_write and len(block) < size:
@@ -125,11 +145,36 @@ def save_checkpoint(run_uri: str, step: int, state: dict[str, Any], keep_last: i
                 on_write(step, "partial-file")
             while block := src.read(_CHUNK):
                 dst.write(block)
+    return size
+
+
+def _publish(run_uri: str, step: int, marker: dict, keep_last: int, on_write) -> None:
+    """Write the COMPLETE marker of `step` (its files are all written), then prune."""
     if on_write:
         on_write(step, "before-marker")
-    io.write_json(io.join(uri, MARKER), {"step": step, "bytes": size})
-    log.info("checkpoint step %d -> %s (%.1f MB)", step, uri, size / 1e6)
+    uri = checkpoint_uri(run_uri, step)
+    io.write_json(io.join(uri, MARKER), {"step": step, **marker})
+    log.info("checkpoint step %d -> %s (%s, %.1f MB)", step, uri, marker["format"], marker["bytes"] / 1e6)
     _prune(run_uri, step, keep_last)
+
+
+def save_sharded_checkpoint(run_uri: str, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            state: dict[str, Any], keep_last: int = 3,
+                            on_write: Callable[[int, str], None] | None = None) -> str:
+    """The sharded format (collective: every rank calls it). Every rank writes its part of the model and
+    optimizer tensors; after all have, rank 0 writes `state` (the rest, plus the optimizer's param_groups) as
+    train_state.pt, then COMPLETE, then prunes. `on_write` as in `save_checkpoint`, on rank 0."""
+    uri = checkpoint_uri(run_uri, step)
+    if not _rank() and io.exists(uri):
+        io.remove(uri, recursive=True)  # a leftover of a killed run: no stale shard may mix with the new ones
+    distributed.barrier()
+    param_groups = sharded_checkpoint.save_sharded(uri, model, optimizer)  # returns once .metadata is written
+    if not _rank():
+        size = _write_state_file(io.join(uri, SHARDED_STATE_FILE), {**state, "param_groups": param_groups},
+                                 step, on_write)
+        size += sum(io.sizes(io.join(uri, sharded_checkpoint.SHARDS)).values())
+        _publish(run_uri, step, {"bytes": size, "format": "sharded"}, keep_last, on_write)
+    distributed.barrier()
     return uri
 
 
@@ -144,9 +189,18 @@ def _prune(run_uri: str, current_step: int, keep_last: int) -> None:
         log.info("removed old checkpoint %s", u)
 
 
+def checkpoint_format(uri: str) -> str:
+    """"sharded" when the folder holds the sharded format's state file, else "full"."""
+    return "sharded" if io.exists(io.join(uri, SHARDED_STATE_FILE)) else "full"
+
+
 def load_checkpoint(uri: str) -> dict[str, Any]:
-    """Load a checkpoint folder (or its checkpoint.pt) on CPU with weights_only=True."""
-    path = uri if uri.rstrip("/").endswith(".pt") else io.join(uri, STATE_FILE)
+    """Load a checkpoint folder (or its .pt file) on CPU with weights_only=True: the whole dict in the full
+    format; in the sharded format everything but the model and optimizer tensors (`load_train_state` has them)."""
+    if uri.rstrip("/").endswith(".pt"):
+        path = uri
+    else:
+        path = io.join(uri, SHARDED_STATE_FILE if checkpoint_format(uri) == "sharded" else STATE_FILE)
     if not io.exists(path):
         raise UserError(f"{path}: no such checkpoint")
     with io.local_path(path) as local:
@@ -155,23 +209,25 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - truncated, garbage or pickled code: a bad file, named as such
             raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}); delete its folder to resume "
                             "from the one before") from None
-    _check_layout(path, ckpt)
+    _check_layout(path, ckpt, sharded=path.endswith(SHARDED_STATE_FILE))
     return ckpt
 
 
 # The entries every trainer checkpoint has (see the module docstring), and their types.
-_LAYOUT = {"model": dict, "optimizer": dict, "scheduler": dict, "step": int, "rng": list, "config": dict,
-           "world_size": int}
+_LAYOUT = {"scheduler": dict, "step": int, "rng": list, "config": dict, "world_size": int}
+_TENSORS = {"model": dict, "optimizer": dict}  # the full format's; the sharded one has them in shards/
+_SHARDED = {"param_groups": list}
 
 
-def _check_layout(path: str, ckpt) -> None:
-    """Refuse a checkpoint.pt that is not a trainer's checkpoint before anything is restored from it."""
+def _check_layout(path: str, ckpt, *, sharded: bool = False) -> None:
+    """Refuse a state file that is not a trainer's checkpoint before anything is restored from it."""
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: expected a trainer checkpoint (a dict), got {type(ckpt).__name__}")
-    for key, kind in _LAYOUT.items():
+    for key, kind in {**(_SHARDED if sharded else _TENSORS), **_LAYOUT}.items():
         if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
             raise UserError(f"{path}: entry {key!r}: expected {kind.__name__}, got {type(ckpt.get(key)).__name__}")
-    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    bad = [] if sharded else [k for k, v in ckpt["model"].items()
+                              if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise UserError(f"{path}: entry 'model': {str(bad[0])[:200]!r} is not a named tensor")
     if ckpt["step"] < 0 or ckpt["world_size"] < 1:
@@ -214,10 +270,16 @@ def gather_rng_states(generator: np.random.Generator | None = None) -> list[dict
     return distributed.all_gather_object(capture_rng_state(generator))
 
 
-def restore_rank_rng(states: list[dict[str, Any]], rank: int, generator: np.random.Generator | None = None) -> None:
+def restore_rank_rng(states: list[dict[str, Any]] | None, rank: int,
+                     generator: np.random.Generator | None = None) -> bool:
+    """Restore rank `rank`'s saved RNG states; False (nothing restored: the caller seeds) when `states` is None,
+    i.e. the checkpoint was written by another number of processes (`Resumed.rng`)."""
+    if states is None:
+        return False
     if rank >= len(states):
         raise UserError(f"checkpoint holds RNG states for {len(states)} ranks; this job has rank {rank}")
     restore_rng_state(states[rank], generator)
+    return True
 
 
 # ----- model / optimizer state, DDP and FSDP alike -----
@@ -271,52 +333,82 @@ class TrainState:
 @dataclass(frozen=True)
 class Resumed:
     uri: str  # the checkpoint resumed from
-    rng: list[dict[str, Any]]  # every rank's RNG states: `restore_rank_rng` once the data loader is set up
+    # every rank's RNG states: `restore_rank_rng` once the data loader is set up; None when the checkpoint was
+    # written by another number of processes (each rank's streams cannot continue)
+    rng: list[dict[str, Any]] | None
+
+
+def use_sharded(checkpoint_format: str, *, fsdp: bool, world_size: int, embed_dim: int) -> bool:
+    """Whether a run saves the sharded format: "sharded"/"full" as asked; "auto" when the model is
+    FSDP-sharded, or spread over several processes and as wide as large/giant (no rank gathers it)."""
+    if checkpoint_format not in FORMATS:
+        raise UserError(f"--checkpoint-format: expected one of {', '.join(FORMATS)}, got {checkpoint_format!r}")
+    if checkpoint_format != "auto":
+        return checkpoint_format == "sharded"
+    return fsdp or (world_size > 1 and embed_dim >= FSDP_MIN_EMBED_DIM)
 
 
 def save_train_state(run_uri: str, state: TrainState, config, *, world_size: int, keep_last: int,
-                     on_write: Callable[[int, str], None] | None = None) -> None:
-    """Checkpoint `state` at `state.step` under `run_uri` (collective: every rank calls it, rank 0 writes)."""
+                     on_write: Callable[[int, str], None] | None = None, sharded: bool = False) -> None:
+    """Checkpoint `state` at `state.step` under `run_uri` (collective: every rank calls it). Full format: the
+    state is gathered and rank 0 writes it; sharded: every rank writes its own part (`save_sharded_checkpoint`)."""
+    rest = {"scheduler": state.scheduler.state_dict(), "step": state.step, **state.progress,
+            "config": dataclasses.asdict(config), "world_size": world_size}
+    if sharded:
+        rng = gather_rng_states(state.generator)
+        save_sharded_checkpoint(run_uri, state.step, state.model, state.optimizer, {**rest, "rng": rng},
+                                keep_last=keep_last, on_write=on_write)
+        return
     model_sd, optim_sd = full_state(state.model, state.optimizer)
     rng = gather_rng_states(state.generator)
     if not _rank():
-        payload = {"model": model_sd, "optimizer": optim_sd, "scheduler": state.scheduler.state_dict(),
-                   "step": state.step, **state.progress, "rng": rng, "config": dataclasses.asdict(config),
-                   "world_size": world_size}
+        payload = {"model": model_sd, "optimizer": optim_sd, **rest, "rng": rng}
         save_checkpoint(run_uri, state.step, payload, keep_last=keep_last, on_write=on_write)
     distributed.barrier()
 
 
-def resume_train_state(run_uri: str, state: TrainState, config, *, world_size: int) -> Resumed | None:
+def resume_train_state(run_uri: str, state: TrainState, config, *, world_size: int,
+                       world_size_may_change: bool = False) -> Resumed | None:
     """Load the newest complete checkpoint under `run_uri` into `state`, or None when there is none.
 
-    Rank 0 chooses and reads it; weights and optimizer state are broadcast from it, the small rest travels
-    with broadcast_object. `state.progress` takes the checkpoint's values of its keys. Settings that changed
-    since the checkpoint are refused when they break exact resume, logged otherwise (`check_settings`)."""
+    Rank 0 chooses it and reads its state file; in the full format weights and optimizer state are broadcast
+    from rank 0, in the sharded one every rank reads the parts it needs (any number of ranks). The small rest
+    travels with broadcast_object. `state.progress` takes the checkpoint's values of its keys. Settings that
+    changed since the checkpoint are refused when they break exact resume, logged otherwise (`check_settings`;
+    `world_size_may_change`: for a trainer whose data order does not depend on the number of processes)."""
     uri = resolve_resume(run_uri)
     if uri is None:
         return None
     ckpt = load_checkpoint(uri) if not _rank() else None
-    meta = distributed.broadcast_object(
-        None if ckpt is None else {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")})
-    check_settings(uri, meta["config"], config, meta["world_size"], world_size)
-    load_full_state(state.model, state.optimizer, ckpt and ckpt["model"], ckpt and ckpt["optimizer"])
+    meta = distributed.broadcast_object(None if ckpt is None else {
+        **{k: v for k, v in ckpt.items() if k not in ("model", "optimizer")},
+        "format": "full" if "model" in ckpt else "sharded"})
+    check_settings(uri, meta["config"], config, meta["world_size"], world_size, world_size_may_change)
+    if meta["format"] == "sharded":
+        sharded_checkpoint.load_sharded(uri, state.model, state.optimizer, meta["param_groups"])
+    else:
+        load_full_state(state.model, state.optimizer, ckpt and ckpt["model"], ckpt and ckpt["optimizer"])
     del ckpt
     state.scheduler.load_state_dict(meta["scheduler"])
     state.step = int(meta["step"])
     state.progress = {key: meta[key] for key in state.progress}
-    log.info("resuming from %s at step %d", uri, state.step)
-    return Resumed(uri, meta["rng"])
+    log.info("resuming from %s at step %d (%s format, written by %d process(es))", uri, state.step,
+             meta["format"], meta["world_size"])
+    return Resumed(uri, meta["rng"] if meta["world_size"] == world_size else None)
 
 
-def check_settings(uri: str, saved: dict, config, saved_world_size: int, world_size: int) -> None:
-    """Refuse a resume whose settings break exactness (fields marked `exact`, the number of processes): it
-    would not match an uninterrupted run. Log the other changes."""
+def check_settings(uri: str, saved: dict, config, saved_world_size: int, world_size: int,
+                   world_size_may_change: bool = False) -> None:
+    """Refuse a resume whose settings break exactness (fields marked `exact`; the number of processes unless
+    `world_size_may_change`): it would not match an uninterrupted run. Log the other changes."""
     exact, other = resume_changes(saved, config)
     if exact:
         raise UserError(f"{uri}: settings differ from the checkpoint's: written with {describe(exact, 'saved')}; "
                         f"this job has {describe(exact, 'current')}; use a new --out")
-    if saved_world_size != world_size:
+    if saved_world_size != world_size and world_size_may_change:
+        log.warning("%s: written by %d process(es), resuming with %d: same data position, new per-rank RNG "
+                    "streams (drop path)", uri, saved_world_size, world_size)
+    elif saved_world_size != world_size:
         raise UserError(f"{uri}: written by {saved_world_size} process(es); this job has {world_size}, which "
                         f"changes the data order and RNG streams; use the same number or a new --out")
     if other:

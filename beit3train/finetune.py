@@ -57,7 +57,7 @@ from beit3train.distributed import (
     barrier,
     run_distributed,
 )
-from beit3train.evaluate import evaluate_split
+from beit3train.evaluate import evaluate_split, loader_workers, set_threads
 from beit3train.hooks import TrainHooks
 from beit3train.metrics import MetricsLogger
 from beit3train.optim import build_optimizer, build_param_groups, build_scheduler
@@ -80,8 +80,10 @@ class FinetuneConfig:
                                      "non-train split)")
     device: str = setting("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
     seed: int = setting(0, "seed of the heads' init, the data order and the task's random draws", exact=True)
-    threads: int = setting(0, "torch intra-op threads (0: torch's default)", bounds="[0, inf)")
-    num_workers: int = setting(0, "DataLoader workers per rank", bounds="[0, inf)")
+    threads: int | None = setting(None, "torch intra-op threads (0: every core this rank may use; unset: torch's "
+                                  "default)", bounds="[0, inf)")
+    num_workers: int | None = setting(None, "DataLoader workers per rank (0: load in the main process; unset: one "
+                                      "per 8 usable cores)", bounds="[0, inf)")
     num_samples: int = setting(8, "sample predictions shown in the report", bounds="[0, inf)")
     max_eval_examples: int = setting(0, "evaluate on the first N rows only (0: all)", bounds="[0, inf)")
     log_every: int = setting(10, "steps between logged metrics", bounds="[1, inf)")
@@ -96,7 +98,8 @@ class FinetuneConfig:
         check_bounds(self)  # each out-of-range number named by its flag
         if self.ckpt_every_epochs < 0 or self.keep_last < 1:
             raise UserError("--ckpt-every-epochs must be >= 0 and --keep-last >= 1")
-        if min(self.threads, self.num_workers, self.num_samples, self.max_eval_examples) < 0 or self.log_every < 1:
+        if min(self.threads or 0, self.num_workers or 0, self.num_samples, self.max_eval_examples) < 0 \
+                or self.log_every < 1:
             raise UserError("--threads, --num-workers, --num-samples and --max-eval-examples must be >= 0, "
                             "--log-every >= 1")
         s = self.settings
@@ -176,8 +179,7 @@ def _optimizer_and_schedule(model: nn.Module, settings: TaskSettings, total: int
 def build(cfg: FinetuneConfig, dist_info: DistInfo) -> _Run:
     """Task model from --init (wrapped for training), this rank's data loader, optimizer and schedule."""
     s, task = cfg.settings, cfg.task
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     header = check_kind(cfg.data, task)
     tokenizer = TextTokenizer.load(cfg.text_tokenizer)
@@ -189,7 +191,7 @@ def build(cfg: FinetuneConfig, dist_info: DistInfo) -> _Run:
     loader = train_loader(task, cfg.data, cfg.train_split, collator(task, tokenizer, s.max_len, header),
                           img_size=s.img_size, batch_size=s.batch_size, augment=TrainAugment.of(s),
                           seed=cfg.seed, rank=dist_info.rank,
-                          world_size=dist_info.world_size, num_workers=cfg.num_workers)
+                          world_size=dist_info.world_size, num_workers=loader_workers(cfg.num_workers))
     per_epoch = len(loader)
     if per_epoch == 0:
         raise UserError(f"{cfg.data}: split {cfg.train_split!r} has fewer rows than one batch per rank")
@@ -284,6 +286,7 @@ def export(cfg: FinetuneConfig, run: _Run) -> dict:
         result["train"] = {"steps": run.state.step, "epochs": run.state.step / run.per_epoch,
                            "final_loss": float(np.mean(losses[-10:])), "first_loss": float(np.mean(losses[:10])),
                            "seconds": round(run.train_seconds, 1), "world_size": run.dist.world_size,
+                           "seed": cfg.seed, "threads": torch.get_num_threads(),
                            **run.init_info}
         result["settings"] = cfg.settings.to_dict()
         save_task_model(model, io.join(cfg.out, "model"), task_meta(task, cfg.settings, run.header))

@@ -23,25 +23,32 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
 
 from beit3core import data, io
 from beit3core.checkpoint import save_model
+from beit3core.data.lanes import auto_lanes
 from beit3core.errors import ArgumentParser, UserError, check_bounds, run_main
 from beit3core.factory import create_model
 from beit3core.models import POSITION_INITS, Beit3Config, Beit3Model
 from beit3core.pretrain import (
     Beit3ForPretraining,
     MaskingConfig,
-    MixedBatches,
-    Stream,
     accuracies,
     describe_grounding,
     find_stream_datasets,
-    load_stream,
     pair_grounding,
 )
-from beit3core.pretrain.data import samples_per_step
+from beit3core.pretrain.augment import label_on_device
+from beit3core.pretrain.data import (
+    Layout,
+    SampleMaker,
+    StreamSource,
+    check_inputs,
+    lane_loader,
+    read_pairs,
+    samples_per_step,
+    stream_source,
+)
 from beit3core.tokenizers import TextTokenizer
 from beit3core.tokenizers.visual import VisualTokenizer
 from beit3train import checkpointing
@@ -69,9 +76,14 @@ class PretrainConfig:
                                                metavar="KEY=VALUE")
     split: str = setting("train", "split of the datasets to train on", exact=True)
     steps: int = setting(1000, "optimizer steps", exact=True, bounds="[1, inf)")
-    batch_images: int = setting(32, "images per step per rank", exact=True, bounds="[0, inf)")
-    batch_texts: int = setting(32, "texts per step per rank", exact=True, bounds="[0, inf)")
-    batch_pairs: int = setting(32, "pairs per step per rank", exact=True, bounds="[0, inf)")
+    # per rank; a resume may change them with the number of processes, keeping the global batch (checked)
+    batch_images: int = setting(32, "images per step per rank", bounds="[0, inf)")
+    batch_texts: int = setting(32, "texts per step per rank", bounds="[0, inf)")
+    batch_pairs: int = setting(32, "pairs per step per rank", bounds="[0, inf)")
+    lanes: int = setting(0, "shard lanes of each stream's data order; must divide every global batch and be a "
+                         "multiple of processes x loader workers (0: chosen at the first start, see "
+                         "beit3core.data.lanes.auto_lanes, and kept by every resume)", exact=True,
+                         bounds="[0, inf)")
     lr: float = setting(1e-3, "peak learning rate", exact=True, bounds="(0, inf)")
     warmup: int | None = setting(None, "warmup steps (default: 10%% of --steps, at most 10000)", exact=True,
                                  bounds="[0, inf)")
@@ -92,7 +104,14 @@ class PretrainConfig:
     keep_last: int = setting(2, "complete checkpoints to keep", bounds="[1, inf)")
     fsdp: str = setting("auto", "auto: FSDP2 for models as wide as large/giant on GPU with several processes, "
                         "else DDP", choices=("auto", "on", "off"))
+    checkpoint_format: str = setting("auto", "auto: sharded (every process writes its part, torch.distributed."
+                                     "checkpoint) when FSDP shards the model or several processes train a model as "
+                                     "wide as large/giant, else full (one file)", choices=checkpointing.FORMATS)
     device: str = setting("auto", "auto: CUDA when available", choices=("auto", "cpu", "cuda"))
+    visual_targets: str = setting("auto", "image labels: on-the-fly (the visual tokenizer on the training device, over "
+                                  "the augmented view the model sees, as BEiT v2) or precomputed (--visual-tokens' "
+                                  "token files, no augmentation); auto: on-the-fly on CUDA, precomputed on CPU",
+                                  exact=True, choices=("auto", "on-the-fly", "precomputed"))
     seed: int = setting(0, "seed of the initial weights, the data order and the masks", exact=True)
     num_workers: int = setting(2, "DataLoader workers per rank", bounds="[0, inf)")
     log_every: int = setting(10, "steps between logged metrics", bounds="[1, inf)")
@@ -175,10 +194,12 @@ class _Run:
     model: Beit3ForPretraining  # the module itself (FSDP2 shards it in place; DDP wraps it in state.model)
     state: checkpointing.TrainState
     sharded: bool
-    streams: dict[str, Stream]
-    eval_pairs: Stream | None
+    streams: dict[str, StreamSource]
+    eval_pairs: StreamSource | None
     masking: MaskingConfig
     resumed: checkpointing.Resumed | None = None
+    labeler: VisualTokenizer | None = None  # on-the-fly visual targets: the tokenizer, on the training device
+    lanes: int = 0  # the data order's lanes (--lanes, or resolved from 0 by resolve_lanes)
 
 
 def read_visual_meta(visual_tokens: str) -> dict:
@@ -204,8 +225,16 @@ def build_model(cfg: PretrainConfig, vocab_size: int, visual: dict) -> Beit3ForP
     return Beit3ForPretraining(backbone, vocab_size, visual["codebook_size"], position_init=cfg.position_init)
 
 
-def load_streams(cfg: PretrainConfig, found: dict[str, list[str]]) -> dict[str, Stream]:
-    """The training streams with a batch size > 0; every rank indexes the token tables."""
+def visual_targets_mode(cfg: PretrainConfig, device: torch.device) -> str:
+    """precomputed | on-the-fly: what the loader puts in the batches for the image losses."""
+    if cfg.visual_targets == "auto":
+        return "on-the-fly" if device.type == "cuda" else "precomputed"
+    return cfg.visual_targets
+
+
+def load_streams(cfg: PretrainConfig, found: dict[str, list[str]], targets: str) -> dict[str, StreamSource]:
+    """The shard lists of the training streams with a batch size > 0 (read from dataset.json: no rows)."""
+    check_inputs(cfg.data, cfg.text_tokenizer, cfg.visual_tokens)
     streams = {}
     for name, batch_size in cfg.batch_sizes.items():
         if batch_size == 0:
@@ -213,22 +242,22 @@ def load_streams(cfg: PretrainConfig, found: dict[str, list[str]]) -> dict[str, 
         if not found[name]:
             raise UserError(f"{cfg.data}: no dataset of kind {name.rstrip('s') if name != 'texts' else 'text'!r} "
                             f"for --batch-{name} {batch_size}")
-        streams[name] = load_stream(name, cfg.data, cfg.text_tokenizer, cfg.visual_tokens, cfg.split, found[name])
+        streams[name] = stream_source(name, cfg.data, cfg.split, found[name],
+                                      cfg.visual_tokens if targets == "precomputed" else None)
     return streams
 
 
-def load_eval_pairs(cfg: PretrainConfig, pair_datasets: list[str]) -> Stream | None:
-    """The `cfg.eval_split` rows of the pair datasets that have that split, or None (logged). Loaded before
-    training, so stale or missing token files fail the run at once, not at its end."""
+def load_eval_pairs(cfg: PretrainConfig, pair_datasets: list[str]) -> StreamSource | None:
+    """The shards of the `cfg.eval_split` split of the pair datasets that have it, or None (logged)."""
     if cfg.grounding_pairs <= 0:
         return None
     with_split = [rel for rel in pair_datasets
                   if cfg.eval_split in data.read_header(io.join(cfg.data, rel) if rel else cfg.data)["splits"]]
-    stream = load_stream("pairs", cfg.data, cfg.text_tokenizer, cfg.visual_tokens, cfg.eval_split, with_split)
-    if len(stream) < 2:
+    source = stream_source("pairs", cfg.data, cfg.eval_split, with_split)
+    if source.rows < 2:
         log.warning("no grounding check: fewer than 2 pairs in split %r of %s", cfg.eval_split, cfg.data)
         return None
-    return stream
+    return source
 
 
 def build(cfg: PretrainConfig, dist_info: DistInfo) -> _Run:
@@ -248,23 +277,65 @@ def build(cfg: PretrainConfig, dist_info: DistInfo) -> _Run:
                                      progress={"samples_seen": 0, "data_position": {}})
     found = find_stream_datasets(cfg.data)
     masking = MaskingConfig(cfg.text_mask_ratio, cfg.pair_text_mask_ratio, cfg.image_mask_ratio, tokenizer.mask_id,
-                            visual["grid"], visual["img_size"], cfg.max_text_len)
-    return _Run(dist_info, tokenizer, visual, model, state, sharded, load_streams(cfg, found),
-                load_eval_pairs(cfg, found["pairs"]) if dist_info.is_main else None, masking)
+                            visual["grid"], visual["img_size"], cfg.max_text_len, visual["img_size"])
+    targets = visual_targets_mode(cfg, dist_info.device)
+    run = _Run(dist_info, tokenizer, visual, model, state, sharded, load_streams(cfg, found, targets),
+               load_eval_pairs(cfg, found["pairs"]) if dist_info.is_main else None, masking)
+    if targets == "on-the-fly":
+        run.labeler = VisualTokenizer.load(cfg.visual_tokens, device=dist_info.device)
+    return run
 
 
 # -- steps ---------------------------------------------------------------------------------------------------
+def checkpoint_sharded(cfg: PretrainConfig, run: _Run) -> bool:
+    """Whether this run saves sharded checkpoints (--checkpoint-format; auto: see checkpointing.use_sharded)."""
+    return checkpointing.use_sharded(cfg.checkpoint_format, fsdp=run.sharded, world_size=run.dist.world_size,
+                                     embed_dim=run.model.config.embed_dim)
+
+
+def data_position(cfg: PretrainConfig, step: int, world_size: int, lanes: int) -> dict:
+    """Where the data order stands after `step`: all a resume needs (the lanes seek to step x G / L rows)."""
+    return {"step": step, "seed": cfg.seed, "lanes": lanes,
+            "global_batch": {k: v * world_size for k, v in cfg.batch_sizes.items()}}
+
+
+def resolve_lanes(cfg: PretrainConfig, run: _Run) -> int:
+    """--lanes, or with 0 the checkpoint's lanes on a resume and `auto_lanes` at the first start."""
+    if cfg.lanes:
+        return cfg.lanes
+    saved = (run.state.progress.get("data_position") or {}).get("lanes") if run.resumed else None
+    if saved:
+        return int(saved)
+    return auto_lanes({k: v * run.dist.world_size for k, v in cfg.batch_sizes.items()}, run.dist.world_size,
+                      cfg.num_workers)
+
+
+def check_data_position(cfg: PretrainConfig, run: _Run) -> None:
+    """A resume keeps the data order: the same lanes and global batch per stream, on any number of processes."""
+    if run.resumed is None:
+        return
+    saved = run.state.progress.get("data_position") or {}
+    now = data_position(cfg, run.state.step, run.dist.world_size, run.lanes)
+    if saved.get("global_batch") != now["global_batch"] or saved.get("lanes") != now["lanes"]:
+        raise UserError(f"{run.resumed.uri}: the checkpoint's data order has global batches "
+                        f"{saved.get('global_batch')} over --lanes {saved.get('lanes')}; this job has "
+                        f"{now['global_batch']} over --lanes {now['lanes']} (per-rank batch x processes); "
+                        "keep them or use a new --out")
+
+
 def _open_batches(cfg: PretrainConfig, run: _Run):
     """The batch iterator from the current step on, then the RNGs: restored from the checkpoint, or seeded."""
     start, dist_info = run.state.step, run.dist
-    dataset = MixedBatches(run.streams, cfg.batch_sizes, run.masking, seed=cfg.seed, start_step=start,
-                           total_steps=cfg.steps, rank=dist_info.rank, world_size=dist_info.world_size)
-    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
-                        pin_memory=dist_info.device.type == "cuda", prefetch_factor=4 if cfg.num_workers else None)
-    batches = iter(loader)  # created before the RNG restore: the iterator draws from the global RNG
-    if run.resumed is not None:
-        checkpointing.restore_rank_rng(run.resumed.rng, dist_info.rank)
-    else:
+    run.lanes = resolve_lanes(cfg, run)
+    check_data_position(cfg, run)
+    layout = Layout(run.lanes, dist_info.rank, dist_info.world_size, cfg.num_workers)
+    # created before the RNG restore: the loader's iterator draws from the global RNG
+    batches = lane_loader(run.streams, cfg.batch_sizes, run.masking, seed=cfg.seed, layout=layout, start_step=start,
+                          total_steps=cfg.steps, text_tokenizer=run.tokenizer.model_proto,
+                          visual_targets=visual_targets_mode(cfg, dist_info.device),
+                          pin_memory=dist_info.device.type == "cuda")
+    # the checkpoint's RNGs, unless it was written by another number of processes: then seeded as a new start
+    if run.resumed is None or not checkpointing.restore_rank_rng(run.resumed.rng, dist_info.rank):
         torch.manual_seed(cfg.seed * 1000 + 1 + dist_info.rank + start * 7919)  # drop path, per rank
     return batches
 
@@ -272,8 +343,11 @@ def _open_batches(cfg: PretrainConfig, run: _Run):
 def _train_step(cfg: PretrainConfig, run: _Run, batch: dict) -> tuple[dict[str, float], float]:
     """One optimizer step; (this rank's stats, the peak-relative lr the step used)."""
     model, optimizer = run.state.model, run.state.optimizer
+    batch = batch_to_device(batch, run.dist.device)
+    if run.labeler is not None:  # labels of the tokenizer's view, in fp32 outside autocast
+        label_on_device(batch, run.labeler)
     with autocast(run.dist.device):
-        out = model(batch_to_device(batch, run.dist.device))
+        out = model(batch)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
@@ -332,10 +406,11 @@ def run_steps(cfg: PretrainConfig, run: _Run, hooks: TrainHooks) -> None:
             interval, steps_in_interval, t_interval = {}, 0, time.perf_counter()
         logger.advance()
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            state.progress["data_position"] = {"step": done, "seed": cfg.seed, "batch_sizes": cfg.batch_sizes}
+            state.progress["data_position"] = data_position(cfg, done, dist_info.world_size, run.lanes)
             logger.flush()
             checkpointing.save_train_state(cfg.out, state, cfg, world_size=dist_info.world_size,
-                                           keep_last=cfg.keep_last, on_write=hooks.on_checkpoint_write)
+                                           keep_last=cfg.keep_last, on_write=hooks.on_checkpoint_write,
+                                           sharded=checkpoint_sharded(cfg, run))
     del batches
     logger.close()
 
@@ -369,10 +444,13 @@ def _grounding(cfg: PretrainConfig, run: _Run, model_sd: dict, backbone: Beit3Mo
         return None
     model = Beit3ForPretraining(backbone, model_sd["mlm_head.weight"].shape[0], model_sd["mim_head.weight"].shape[0])
     model.load_state_dict(model_sd)
-    mixer = MixedBatches({"pairs": run.eval_pairs}, {"pairs": 1}, run.masking, seed=cfg.seed, start_step=0,
-                         total_steps=0)
+    maker = SampleMaker(run.masking, seed=cfg.seed, text_tokenizer=run.tokenizer.model_proto)
+    images, texts = read_pairs(run.eval_pairs, cfg.grounding_pairs, maker)
+    if len(texts) < 2:
+        log.warning("no grounding check: fewer than 2 images in split %r of %s", cfg.eval_split, cfg.data)
+        return None
     device = run.dist.device
-    result = pair_grounding(model.to(device), mixer, max_pairs=cfg.grounding_pairs, seed=cfg.seed, device=device)
+    result = pair_grounding(model.to(device), images, texts, run.masking, seed=cfg.seed, device=device)
     return {"split": cfg.eval_split, **result}
 
 
@@ -392,6 +470,7 @@ def export(cfg: PretrainConfig, run: _Run) -> dict | None:
         summary.update(arch=cfg.arch, layout=run.model.config.layout,
                        samples_seen=run.state.progress["samples_seen"], world_size=run.dist.world_size,
                        resumed_from=run.resumed.uri if run.resumed else None,
+                       visual_targets=visual_targets_mode(cfg, run.dist.device),
                        grounding=_grounding(cfg, run, model_sd, backbone))
         io.write_json(io.join(cfg.out, "summary.json"), summary)
     barrier()
@@ -403,7 +482,9 @@ def train(cfg: PretrainConfig, dist_info: DistInfo, hooks: TrainHooks = TrainHoo
     """build -> resume -> steps -> export. Returns the summary on rank 0, None elsewhere."""
     run = build(cfg, dist_info)
     hooks.on_start(run.model)
-    run.resumed = checkpointing.resume_train_state(cfg.out, run.state, cfg, world_size=dist_info.world_size)
+    # any number of processes: the data order depends on the global batch and lanes (check_data_position)
+    run.resumed = checkpointing.resume_train_state(cfg.out, run.state, cfg, world_size=dist_info.world_size,
+                                                   world_size_may_change=True)
     run_steps(cfg, run, hooks)
     hooks.on_end(run.model)
     return export(cfg, run)

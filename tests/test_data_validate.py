@@ -91,8 +91,8 @@ def test_corrupted_coco_imports_and_validates_with_each_bad_row_quarantined(tmp_
 
     clean = {s: data.read_rows(str(out), s) for s in data.splits(str(out))}
     assert sum(map(len, clean.values())) == 40
-    for s in raw_rows:  # nothing dropped silently, per split
-        assert len(clean[s]) + sum(q["split"] == s for q in quarantine) == len(raw_rows[s])
+    for s, rows in raw_rows.items():  # nothing dropped silently, per split
+        assert len(clean[s]) + sum(q["split"] == s for q in quarantine) == len(rows)
     summary = json.loads((out / "validation.json").read_text())["datasets"]["."]
     assert (summary["rows"], summary["clean"], summary["quarantined"]) == (46, 40, 6)
     failed = {x["check"] for x in summary["expectations"] if not x["success"]}
@@ -119,7 +119,7 @@ def test_threshold_exceeded_exits_2_with_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     assert data_main(["import", "--format", "coco-karpathy", str(tmp_path / "coco"), str(tmp_path / "raw")]) == 0
     r = subprocess.run(cmd + ["validate", str(tmp_path / "raw"), "--out", str(tmp_path / "v"), "--workers", "2"],
-                       capture_output=True, text=True, env=env, cwd=REPO)
+                       check=False, capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
@@ -155,7 +155,7 @@ def test_synth_collection_validates_clean_and_reads_back(tmp_path):
             assert s["images"][f] == (tmp_path / "raw" / "tasks" / "nlvr2" / raw_rows[s["id"]][f]).read_bytes()
     shards = sorted(os.listdir(Path(nl) / "shards"))
     assert shards[0] == "00000.idx.json" and "00000.tar" in shards
-    assert data.read_header(nl)["validation"]["shards"] > 1
+    assert len(data.read_header(nl)["validation"]["shards"]["train"]) > 1
     shuffled = [s["id"] for s in data.iter_samples(nl, "train", seed=3)]
     assert sorted(shuffled) == sorted(raw_rows) and shuffled != [r for r in raw_rows]
 

@@ -58,7 +58,7 @@ def test_pretrain_bad_number_is_one_line_naming_the_flag(extra, flag, capsys):
 
 
 def test_meaningful_zeros_are_kept():
-    """0 threads is torch's default and 0 DataLoader workers loads in the main process (PyTorch DataLoader
+    """0 threads is every usable core and 0 DataLoader workers loads in the main process (PyTorch DataLoader
     `num_workers=0`): documented meanings, so they are accepted, not refused."""
     cfg = finetune.parse_args(FINETUNE + ["--threads", "0", "--num-workers", "0", "--mixup", "0"])
     assert (cfg.threads, cfg.num_workers, cfg.settings.mixup) == (0, 0, 0.0)

@@ -3,7 +3,6 @@ SIGKILL (including one in the middle of writing a checkpoint), and 2-process tor
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -12,96 +11,26 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_pretrain_data import build_collection
 
 from beit3core import io
-from beit3core.data import formats
 from beit3core.errors import UserError
 
 MODEL = "beit3_tiny_patch8_64"
 SMALL = ("--model-overrides", "depth=2", "embed_dim=32", "num_heads=2",
          "mlp_dim=64")  # the tiny config's grid, a smaller body: fast CPU tests
 RUN_WITH_HOOKS = os.path.join(os.path.dirname(__file__), "helpers", "run_with_hooks.py")
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
-SHAPES = ["circle", "square", "star", "triangle"]
-
-
-def _write_dataset(root, kind, rows):
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, formats.HEADER), "w") as f:
-        json.dump(formats.make_header(kind, os.path.basename(root), ["train"]), f)
-    with open(os.path.join(root, "train.jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-def _image(path, colour_index, rng):
-    from PIL import Image
-
-    palette = [(214, 39, 40), (44, 160, 44), (31, 90, 200), (235, 200, 20), (148, 70, 189), (250, 127, 14)]
-    arr = np.full((64, 64, 3), 235, dtype=np.uint8)
-    y, x = rng.integers(0, 40, size=2)
-    arr[y:y + 24, x:x + 24] = palette[colour_index]
-    Image.fromarray(arr).save(path)
-    # "visual tokens": 1 where a patch holds the colour, else 0, offset by the colour: learnable, 8x8 grid
-    cells = arr.reshape(8, 8, 8, 8, 3).mean(axis=(1, 3))
-    return (np.abs(cells - 235).sum(-1) > 30).astype(np.uint16).reshape(-1) * (1 + colour_index)
-
-
-def build_inputs(root, n_images=24, n_texts=40, n_pairs=24):
-    """A raw-layout collection (images as files) + text tokenizer outputs + visual token outputs."""
-    from beit3core.tokenizers import TextTokenizer
-    from beit3core.tokenizers.text import encode_corpus
-
-    rng = np.random.default_rng(0)
-    data, tdir, vdir = (os.path.join(root, x) for x in ("data", "T", "V"))
-    sentences = [f"a {'small large'.split()[i % 2]} {COLOURS[i % 6]} {SHAPES[i % 4]} on the {['left', 'right', 'top'][i % 3]}"
-                 for i in range(max(n_texts, n_pairs))]
-    tok = TextTokenizer.train(sentences * 3, vocab_size=30)
-    tok.save(os.path.join(tdir, "tokenizer"))
-    visual = {}
-    for kind, n in (("images", n_images), ("pairs", n_pairs)):
-        os.makedirs(os.path.join(data, kind, "img"), exist_ok=True)
-        rows, codes = [], []
-        for i in range(n):
-            ref = f"img/{i:04d}.png"
-            codes.append(_image(os.path.join(data, kind, ref), i % 6, rng))
-            row = {"id": f"{kind}-{i}", "image": ref}
-            if kind == "pairs":
-                row["caption"] = sentences[i]
-            rows.append(row)
-        _write_dataset(os.path.join(data, kind), kind, rows)
-        visual[kind] = (rows, np.stack(codes))
-    text_rows = [{"id": f"t-{i}", "text": sentences[i]} for i in range(n_texts)]
-    _write_dataset(os.path.join(data, "text"), "text", text_rows)
-    for kind, rows, field in (("text", text_rows, "text"), ("pairs", visual["pairs"][0], "caption")):
-        ids, offsets = encode_corpus(tok, [r[field] for r in rows], 64)
-        os.makedirs(os.path.join(tdir, "tokens", kind), exist_ok=True)
-        # stored in reverse order: the trainer must join by key, not by position
-        order = np.arange(len(rows))[::-1]
-        seqs = [ids[offsets[i]:offsets[i + 1]] for i in order]
-        new_offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
-        np.savez(os.path.join(tdir, "tokens", kind, "train.npz"), ids=np.concatenate(seqs).astype(np.int32),
-                 offsets=new_offsets, keys=np.array([rows[i]["id"] for i in order]))
-    os.makedirs(os.path.join(vdir, "tokenizer"), exist_ok=True)
-    with open(os.path.join(vdir, "tokenizer", "config.json"), "w") as f:
-        json.dump({"model": {"img_size": 64, "patch_size": 8, "codebook_size": 16}}, f)
-    open(os.path.join(vdir, "tokenizer", "model.safetensors"), "wb").close()  # pretraining reads the config only
-    for kind, (rows, codes) in visual.items():
-        os.makedirs(os.path.join(vdir, "tokens", kind), exist_ok=True)
-        np.savez(os.path.join(vdir, "tokens", kind, "train.npz"), ids=codes,
-                 keys=np.array([r["id"] for r in rows]))
-    return {"data": data, "T": tdir, "V": vdir, "vocab": tok.vocab_size}
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    return build_inputs(str(tmp_path_factory.mktemp("pretrain_inputs")))
+    return build_collection(str(tmp_path_factory.mktemp("pretrain_inputs")))
 
 
 def argv_for(inputs, out, *extra, steps=4):
     return ["--data", inputs["data"], "--text-tokenizer", inputs["T"], "--visual-tokens", inputs["V"],
-            "--out", out, "--arch", MODEL, "--steps", str(steps), "--batch-images", "3", "--batch-texts", "4",
-            "--batch-pairs", "3", "--lr", "2e-3", "--warmup", "1", "--log-every", "1", "--ckpt-every", "2",
+            "--out", out, "--arch", MODEL, "--steps", str(steps), "--batch-images", "4", "--batch-texts", "4",
+            "--batch-pairs", "4", "--lanes", "4", "--lr", "2e-3", "--warmup", "1", "--log-every", "1", "--ckpt-every", "2",
             "--num-workers", "0", "--device", "cpu", *SMALL, *extra]
 
 
@@ -122,7 +51,7 @@ def test_pretrain_writes_outputs(inputs, tmp_path, capsys):
     assert rows[0]["lr"] == pytest.approx(2e-3)  # warmup 1 -> peak at the first step, then cosine
     assert rows[-1]["lr"] < rows[1]["lr"]
     assert any("tfevents" in f for f in os.listdir(os.path.join(out, "tb")))
-    summary = json.load(open(os.path.join(out, "summary.json")))
+    summary = io.read_json(os.path.join(out, "summary.json"))
     assert summary["mlm_chance"] == pytest.approx(1 / inputs["vocab"]) and summary["mim_chance"] == 1 / 16
     assert 0 <= summary["mlm_acc"] <= 1 and 0 <= summary["mim_acc"] <= 1
     assert summary["grounding"] is None  # the collection has no val split to check grounding on
@@ -137,12 +66,12 @@ def test_pretrain_writes_outputs(inputs, tmp_path, capsys):
     assert ckpt["model"]["mlm_head.weight"].shape == (inputs["vocab"], backbone.config.embed_dim)
     for k, v in backbone.state_dict().items():
         assert torch.equal(v, ckpt["model"]["backbone." + k]), k
-    assert ckpt["step"] == 4 and ckpt["samples_seen"] == 4 * 10 and ckpt["data_position"]["step"] == 4
+    assert ckpt["step"] == 4 and ckpt["samples_seen"] == 4 * 12 and ckpt["data_position"]["step"] == 4
 
     # Rerunning the finished command resumes at the end: no steps, same model.
-    before = open(os.path.join(out, "model", "model.safetensors"), "rb").read()
+    before = io.read_bytes(os.path.join(out, "model", "model.safetensors"))
     assert main(argv_for(inputs, out, "--keep-last", "1")) == 0
-    assert open(os.path.join(out, "model", "model.safetensors"), "rb").read() == before
+    assert io.read_bytes(os.path.join(out, "model", "model.safetensors")) == before
     assert [r["step"] for r in io.read_jsonl(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3, 4]
 
 
@@ -151,7 +80,7 @@ def test_grounding_check_in_the_summary(inputs, tmp_path, capsys):
 
     out = str(tmp_path / "run")
     assert main(argv_for(inputs, out, "--steps", "2", "--eval-split", "train", "--grounding-pairs", "10")) == 0
-    g = json.load(open(os.path.join(out, "summary.json")))["grounding"]
+    g = io.read_json(os.path.join(out, "summary.json"))["grounding"]
     assert g["split"] == "train" and g["pairs"] == 10 and g["draws"] == 4
     assert g["loss_gain"] == pytest.approx(g["mismatched_loss"] - g["matched_loss"])
     assert g["acc_gain"] == pytest.approx(g["matched_acc"] - g["mismatched_acc"])
@@ -161,26 +90,31 @@ def test_grounding_check_in_the_summary(inputs, tmp_path, capsys):
 
 def test_grounding_is_zero_for_a_model_that_ignores_the_image(inputs):
     from beit3core.models.beit3 import Beit3Config, Beit3Model
-    from beit3core.pretrain import (Beit3ForPretraining, MaskingConfig, MixedBatches, find_stream_datasets,
-                                    load_stream, pair_grounding)
+    from beit3core.pretrain import (
+        Beit3ForPretraining,
+        MaskingConfig,
+        find_stream_datasets,
+        pair_grounding,
+    )
+    from beit3core.pretrain.data import SampleMaker, read_pairs, stream_source
     from beit3core.tokenizers import TextTokenizer
 
     tok = TextTokenizer.load(inputs["T"])
-    stream = load_stream("pairs", inputs["data"], inputs["T"], inputs["V"], "train",
-                         find_stream_datasets(inputs["data"])["pairs"])
-    mixer = MixedBatches({"pairs": stream}, {"pairs": 1}, MaskingConfig(mask_id=tok.mask_id, grid=8, img_size=64),
-                         seed=0, start_step=0, total_steps=0)
+    source = stream_source("pairs", inputs["data"], "train", find_stream_datasets(inputs["data"])["pairs"])
+    masking = MaskingConfig(mask_id=tok.mask_id, grid=8, img_size=64)
+    images, texts = read_pairs(source, 12, SampleMaker(masking, seed=0, text_tokenizer=tok.model_proto))
+    assert images.shape == (12, 3, 64, 64) and len(texts) == 12
     torch.manual_seed(0)
     backbone = Beit3Model(Beit3Config(img_size=64, patch_size=8, depth=1, embed_dim=32, num_heads=2, mlp_dim=64,
                                       vocab_size=tok.vocab_size))
     model = Beit3ForPretraining(backbone, tok.vocab_size, 16)
-    seen = pair_grounding(model, mixer, max_pairs=12, draws=2, batch_size=5)
+    seen = pair_grounding(model, images, texts, masking, draws=2, batch_size=5)
     assert seen["pairs"] == 12 and seen["matched_loss"] != seen["mismatched_loss"]
 
     blind = backbone.forward
-    text_only = lambda image=None, **kw: blind(image=torch.zeros_like(image), **kw)  # noqa: E731
+    text_only = lambda image=None, **kw: blind(image=torch.zeros_like(image), **kw)
     backbone.forward = text_only
-    result = pair_grounding(model, mixer, max_pairs=12, draws=2, batch_size=5)
+    result = pair_grounding(model, images, texts, masking, draws=2, batch_size=5)
     assert result["loss_gain"] == 0 and result["acc_gain"] == 0
 
 
@@ -200,6 +134,8 @@ def test_pretrain_user_errors(inputs, tmp_path):
         main(argv_for(inputs, out, "--model-overrides", "depthh=2"))
     with pytest.raises(UserError, match="expected a int"):
         main(argv_for(inputs, out, "--model-overrides", "depth=two"))
+    with pytest.raises(UserError, match="--lanes 3: must divide the global batch"):
+        main(argv_for(inputs, out, "--lanes", "3"))
 
 
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["--data", "d"]], ids=["bad flag", "missing argument"])
@@ -226,7 +162,7 @@ def test_pretrain_on_s3(inputs, s3_prefix):
 
 def _run(argv, hooks=(), expect_kill=False):
     command = [RUN_WITH_HOOKS, "pretrain", *hooks] if hooks else ["-m", "beit3train.pretrain"]
-    proc = subprocess.run([sys.executable, *command, *argv], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, *command, *argv], check=False, capture_output=True, text=True, timeout=300)
     if expect_kill:
         assert proc.returncode == -9, proc.stderr[-3000:]
     else:
@@ -290,7 +226,7 @@ def test_torchrun_two_ranks_identical_weights(inputs, tmp_path):
            "--master_port", str(_free_port()), RUN_WITH_HOOKS, "pretrain", "--dump-weights", str(tmp_path / "dump"),
            *argv_for(inputs, out, "--num-workers", "1", steps=3)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     w0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "dump" / "rank1.pt", weights_only=True)
@@ -299,5 +235,68 @@ def test_torchrun_two_ranks_identical_weights(inputs, tmp_path):
         assert torch.equal(w0[k], w1[k]), k
     start = torch.load(tmp_path / "dump" / "rank0.start.pt", weights_only=True)
     assert any(not torch.equal(start[k], w0[k]) for k in w0)  # the weights did move
-    summary = json.load(open(os.path.join(out, "summary.json")))
-    assert summary["world_size"] == 2 and summary["samples_seen"] == 3 * 10 * 2
+    summary = io.read_json(os.path.join(out, "summary.json"))
+    assert summary["world_size"] == 2 and summary["samples_seen"] == 3 * 12 * 2
+
+
+def _torchrun(argv, hooks=(), expect_ok=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), RUN_WITH_HOOKS, "pretrain", *hooks, *argv]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False, capture_output=True, text=True,
+                          timeout=300)
+    assert (proc.returncode == 0) == expect_ok, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_torchrun_exact_resume_with_loader_workers(inputs, tmp_path):
+    """2 ranks x 2 loader workers: 4 steps straight == a run SIGKILLed while writing checkpoint 4, then the same
+    command resumed from step 2, bit for bit (weights and logged losses). The loader keeps no state: each lane
+    seeks to step 2's row from the shards' row counts."""
+    from beit3train import checkpointing
+
+    straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
+    common = ("--num-workers", "2")
+    _torchrun(argv_for(inputs, straight, *common))
+    _torchrun(argv_for(inputs, broken, *common), ["--kill-in-checkpoint", "4:partial-file"], expect_ok=False)
+    assert checkpointing.latest_complete(broken).endswith("step-0000002")
+    _torchrun(argv_for(inputs, broken, *common))
+    a, b = _weights(straight), _weights(broken)
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a = io.read_jsonl(os.path.join(straight, "metrics.jsonl"))
+    rows_b = io.read_jsonl(os.path.join(broken, "metrics.jsonl"))
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+def test_resume_refuses_another_global_batch_or_lanes(inputs, tmp_path):
+    """The data order is (seed, lanes, global batch per stream): a resume may change the number of processes
+    (per-rank batch x processes kept) but not the global batch or --lanes."""
+    from beit3train.pretrain import main
+
+    out = str(tmp_path / "run")
+    assert main(argv_for(inputs, out, steps=2)) == 0
+    with pytest.raises(UserError, match="data order has global batches"):
+        main(argv_for(inputs, out, "--batch-images", "8", steps=2))
+    with pytest.raises(UserError, match="--lanes"):
+        main(argv_for(inputs, out, "--lanes", "2", steps=2))
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes(inputs, tmp_path):
+    """A run of 1 process (8 per stream a step, 2 loader workers) killed after checkpoint 2 resumes under
+    torchrun with 2 processes of 4 (the same global batch and --lanes, so the same global position: the rows
+    of each step are those of the uninterrupted run, tests/test_pretrain_data.py) and finishes steps 3-4."""
+    from beit3train import checkpointing
+
+    out = str(tmp_path / "run")
+    one = ("--batch-images", "8", "--batch-texts", "8", "--batch-pairs", "8", "--num-workers", "2")
+    _run(argv_for(inputs, out, *one), ["--kill-in-checkpoint", "4:partial-file"], expect_kill=True)
+    assert checkpointing.latest_complete(out).endswith("step-0000002")
+    proc = _torchrun(argv_for(inputs, out, "--num-workers", "1"))
+    assert "written by 1 process(es), resuming with 2" in proc.stderr
+    summary = io.read_json(os.path.join(out, "summary.json"))
+    assert summary["world_size"] == 2 and summary["samples_seen"] == 4 * 24
+    assert [r["step"] for r in io.read_jsonl(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3, 4]

@@ -56,3 +56,26 @@ def test_from_ratio_and_bad_parameters():
         BlockMaskGenerator((4, 4), num_masking=4, min_aspect=0)
     with pytest.raises(UserError):
         BlockMaskGenerator.from_ratio((4, 4), 1.5)
+
+
+def test_block_area_is_drawn_between_min_and_remaining_as_released():
+    """microsoft/unilm beit2/masking_generator.py `_mask`: `target_area = random.uniform(self.min_num_patches,
+    max_mask_patches)` also when fewer than min_num_patches cells remain (Python's uniform(a, b) with a > b
+    draws in [b, a]); the area is never simply set to the remaining count."""
+    gen = BlockMaskGenerator((14, 14), num_masking=75, min_num=16)
+    calls = []
+
+    class Recording:
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def uniform(self, a, b):
+            calls.append((a, b))
+            return self.rng.uniform(a, b)
+
+        def integers(self, *args):
+            return self.rng.integers(*args)
+
+    mask = np.zeros((14, 14), dtype=bool)
+    gen._place_block(mask, 5, Recording())
+    assert calls and calls[0] == (5, 16)  # the area's range; the aspect draw follows

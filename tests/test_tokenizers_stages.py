@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from beit3core.errors import run_main
-from beit3core.tokenizers import cli
+from beit3core.tokenizers import cli, stages
 
 
 def main(argv: list[str]) -> int:
@@ -24,31 +24,61 @@ def validated(tmp_path_factory):
     return root / "val"
 
 
+def _fingerprint(validated) -> str:
+    return stages.collection_fingerprint(str(validated), stages._collection(str(validated)))
+
+
+def _texts(path) -> list[str]:
+    field = {"text": "text", "pairs": "caption", "nlvr2": "sentence", "vqa": "question"}
+    kind = json.loads((path.parent / "dataset.json").read_text())["kind"]
+    name = field.get(kind, "caption")
+    return [json.loads(line)[name] for line in path.read_text().splitlines() if line.strip()]
+
+
 def test_tokenize_text_stage(validated, tmp_path, capsys):
-    from beit3core import io
+    """C3: the stage writes the tokenizer, its meta and the corpus's token counts; no corpus arrays."""
     from beit3core.tokenizers import TextTokenizer
 
     out = tmp_path / "text"
     assert main(["text", "--data", str(validated), "--out", str(out), "--vocab-size", "48", "--workers", "2",
-                 "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["vocab_size"] == 50
+                 "--max-len", "8", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["vocab_size"] == 50
     tok = TextTokenizer.load(str(out))
     assert tok.vocab_size == 50 and tok.mask_id == 49
     meta = json.loads((out / "tokenizer" / "meta.json").read_text())
-    assert meta["dataset"]["fingerprint"] == io.fingerprint(str(validated))
+    assert meta["dataset"]["fingerprint"] == _fingerprint(validated)
     assert meta["parameters"]["vocab_size"] == 48 and meta["special_ids"]["mask"] == 49
-    rows = [json.loads(line) for line in (validated / "tasks" / "nlvr2" / "train.jsonl").read_text().splitlines()]
-    z = np.load(out / "tokens" / "tasks" / "nlvr2" / "train.npz")
-    assert z["ids"].dtype == np.int32 and z["offsets"].dtype == np.int64 and len(z["offsets"]) == len(rows) + 1
-    assert list(z["keys"]) == [str(r["id"]) for r in rows]
-    for i in (0, len(rows) - 1):
-        seq = z["ids"][z["offsets"][i] : z["offsets"][i + 1]].tolist()
-        ids, pad = tok.encode(rows[i]["sentence"], 64)
-        assert seq == [t for t, p in zip(ids, pad) if not p]
-    for name in ("text/train", "pairs/train", "tasks/vqa/val", "tasks/captioning/test", "tasks/retrieval/train"):
-        assert (out / "tokens" / f"{name}.npz").exists()
-    assert not (out / "tokens" / "images").exists()  # no text in an images dataset
+    assert not (out / "tokens").exists()
+    # the counts are those of every text split, each sequence [<s>] + pieces + [</s>] cut at --max-len
+    lengths = []
+    per_split = {}
+    for path in sorted(validated.rglob("*.jsonl")):
+        rel = str(path.parent.relative_to(validated))
+        if rel.split("/")[-1] in ("images", "classification") or "quarantine" in path.name:
+            continue
+        texts = _texts(path)
+        per_split[f"{rel}/{path.stem}"] = len(texts)
+        lengths += [len(tok.tokenize(t)) + 2 for t in texts]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["per_split"] == per_split and summary["lines"] == len(lengths)
+    assert summary["tokens"] == sum(min(n, 8) for n in lengths)
+    assert summary["truncated"] == sum(n > 8 for n in lengths) > 0
+    assert summary["length"]["max"] == max(lengths) and summary["length"]["p50"] == int(np.percentile(lengths, 50,
+                                                                                                   method="lower"))
+    assert meta["counts"]["tokens"] == summary["tokens"]
     assert (out / "quarantine.jsonl").read_text() == ""
+
+
+def test_tokenize_text_fits_on_a_bounded_sample(validated):
+    """The fit holds at most --max-fit-lines texts (a uniform reservoir sample), however large the corpus."""
+
+    splits = stages._text_splits(str(validated))
+    sample, seen = stages.sample_fit_texts(splits, 10)
+    assert len(sample) == 10 and seen > 100
+    every, _ = stages.sample_fit_texts(splits, 10**6)
+    assert len(every) == seen and set(sample) <= set(every)
+    assert stages.sample_fit_texts(splits, 10) == (sample, seen)  # deterministic
 
 
 def test_tokenize_text_quarantines_non_utf8_and_imports_a_model(validated, tmp_path):
@@ -56,6 +86,7 @@ def test_tokenize_text_quarantines_non_utf8_and_imports_a_model(validated, tmp_p
 
     data = tmp_path / "data"
     shutil.copytree(validated / "text", data / "text")
+    clean = len(_texts(data / "text" / "train.jsonl"))
     with open(data / "text" / "train.jsonl", "ab") as f:
         f.write(b'{"id": "bad-bytes", "text": "caf\xe9"}\n')
         f.write(b'{"id": "bad-escape", "text": "lone \\udcff"}\n')
@@ -64,14 +95,14 @@ def test_tokenize_text_quarantines_non_utf8_and_imports_a_model(validated, tmp_p
     quarantined = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert len(quarantined) == 2 and all("UTF-8" in q["reason"] for q in quarantined)
     assert {q.get("id") for q in quarantined} == {None, "bad-escape"}
-    keys = np.load(out / "tokens" / "text" / "train.npz")["keys"]
-    assert "bad-escape" not in keys and "bad-bytes" not in keys
+    assert json.loads((out / "summary.json").read_text())["per_split"]["text/train"] == clean
     # importing an existing model skips training and keeps its pieces
     out2 = tmp_path / "imported"
     assert main(["text", "--data", str(data), "--out", str(out2), "--import-model",
                  str(out / "tokenizer" / "spm.model"), "--no-progress"]) == 0
     assert (out2 / "tokenizer" / "spm.model").read_bytes() == (out / "tokenizer" / "spm.model").read_bytes()
-    assert np.array_equal(np.load(out2 / "tokens/text/val.npz")["ids"], np.load(out / "tokens/text/val.npz")["ids"])
+    s1, s2 = (json.loads((o / "summary.json").read_text()) for o in (out, out2))
+    assert s1["tokens"] == s2["tokens"] and s2["quarantined"] == 2
 
 
 def test_tokenize_text_user_errors(validated, tmp_path, capsys):
@@ -89,32 +120,40 @@ def test_tokenize_text_user_errors(validated, tmp_path, capsys):
 
 
 def test_tokenize_visual_stage(validated, tmp_path):
-    from beit3core import io
+    """On `beit3 data validate` output: one token file per image shard of every image dataset (task datasets
+    included), holding the shard's sample keys and the tokenizer's ids of each sample's image."""
+    from beit3core.data.shards import group_samples, iter_tar
+    from beit3core.pretrain.augment import precomputed_view
     from beit3core.tokenizers import VisualTokenizer
 
     out = tmp_path / "visual"
     assert main(["visual", "--data", str(validated), "--out", str(out), "--epochs", "1", "--batch-size", "32",
-                 "--codebook-size", "64", "--code-dim", "16", "--no-progress"]) == 0
+                 "--codebook-size", "64", "--code-dim", "16", "--max-train-images", "128", "--no-progress"]) == 0
     vt = VisualTokenizer.load(str(out))
     assert (vt.grid_size, vt.codebook_size, vt.img_size) == (8, 64, 64)
     cfg = json.loads((out / "tokenizer" / "config.json").read_text())
-    assert cfg["dataset"]["fingerprint"] == io.fingerprint(str(validated))
+    assert cfg["dataset"]["fingerprint"] == _fingerprint(validated)
     assert cfg["parameters"]["epochs"] == 1 and len(cfg["training"]["epochs"]) == 1
     assert 0 < cfg["codebook_usage"]["codes_used"] <= 64
-    pairs = [json.loads(line) for line in (validated / "pairs" / "train.jsonl").read_text().splitlines()]
-    z = np.load(out / "tokens" / "pairs" / "train.npz")
-    assert z["ids"].dtype == np.uint16 and z["ids"].shape == (len(pairs), 64)
-    assert sorted(z["keys"]) == sorted(str(r["id"]) for r in pairs)
-    nl = np.load(out / "tokens" / "tasks" / "nlvr2" / "val.npz")
-    assert set(nl.files) == {"keys", "ids_left", "ids_right"} and nl["ids_left"].shape[1] == 64
-    assert not (out / "tokens" / "text").exists()
-    # the written ids are the tokenizer's ids for that image (stable)
-    from beit3core import data
-    from beit3core.tokenizers.visual import image_to_uint8
+    header = json.loads((validated / "pairs" / "dataset.json").read_text())
+    shards = [s["name"] for split in header["splits"] for s in header["validation"]["shards"][split]]
+    files = sorted((out / "tokens" / "pairs").glob("*.npz"))
+    assert [f.stem for f in files] == sorted(n.removeprefix("shards/").removesuffix(".tar") for n in shards)
+    z = np.load(files[0])
+    samples = list(group_samples(iter_tar(str(validated / "pairs" / "shards" / f"{files[0].stem}.tar"))))
+    assert z["ids"].dtype == np.uint16 and z["ids"].shape == (len(samples), 64)
+    assert z["keys"].tolist() == [k for k, _ in samples]
+    members = samples[0][1]
+    image = next(v for ext, v in members.items() if ext not in ("txt", "json"))
+    import io as _pyio
 
-    row = {str(r["id"]): r for r in pairs}[str(z["keys"][0])]
-    img = image_to_uint8(data.load_image(str(validated / "pairs"), row["image"]), 64)
-    assert vt.encode(img[None]).numpy().astype(np.uint16).tolist() == [z["ids"][0].tolist()]
+    from PIL import Image
+
+    view = precomputed_view(Image.open(_pyio.BytesIO(image)), 64)
+    assert vt.encode(view[None]).numpy().astype(np.uint16).tolist() == [z["ids"][0].tolist()]
+    assert list((out / "tokens" / "tasks" / "nlvr2").glob("*.npz")) and not (out / "tokens" / "text").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == sum(len(np.load(f)["keys"]) for f in (out / "tokens").rglob("*.npz"))
 
 
 def test_tokenize_visual_user_errors(validated, tmp_path, capsys):
@@ -144,26 +183,20 @@ def text_tokens(validated, tmp_path_factory):
     return out
 
 
-def test_tokenize_text_publishes_tokenizer_and_tokens_together(validated, text_tokens, tmp_path, monkeypatch,
-                                                               capsys):
-    """A stage dying while it writes tokens (here: the second split) leaves the previous output as it was: never
-    a new tokenizer beside old tokens."""
+def test_tokenize_text_publishes_its_output_at_once(validated, text_tokens, tmp_path, monkeypatch, capsys):
+    """A stage dying while it writes its output (here: the quarantine, after the tokenizer) leaves the previous
+    output as it was: never a new tokenizer beside an old summary."""
     import shutil
 
-    from beit3core.tokenizers import stages
 
     out = tmp_path / "text"
     shutil.copytree(text_tokens, out)
     before = _tree(out)
-    real, calls = stages.encode_corpus, []
 
-    def dies_on_second_split(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as a kill would, mid-stage
-        return real(*args, **kwargs)
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill would, mid-stage
 
-    monkeypatch.setattr(stages, "encode_corpus", dies_on_second_split)
+    monkeypatch.setattr(stages, "_write_quarantine", dies)
     assert main(["text", "--data", str(validated), "--out", str(out), "--vocab-size", "40", "--no-progress"]) == 130
     assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["text"]
     record = json.loads((out / ".beit3-output.json").read_text())
@@ -206,7 +239,7 @@ def test_pretraining_refuses_tokens_beside_another_tokenizer(validated, text_tok
         check_inputs(str(validated), str(changed), None)
     other = tmp_path / "other"
     shutil.copytree(text_tokens, other)
-    (other / "tokens" / "pairs" / "train.npz").unlink()  # a token file lost
+    (other / "quarantine.jsonl").unlink()  # a file of the output lost
     publish._VERIFIED.clear()
     with pytest.raises(UserError, match=r"--text-tokenizer .*incomplete or changed output of `beit3 tokenize text`"):
         check_inputs(str(validated), str(other), None)

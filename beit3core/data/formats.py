@@ -4,9 +4,13 @@ A dataset is a folder (local or `s3://`) holding `dataset.json` and one JSON-lin
 
 * **raw** (written by `beit3 data import` and `beit3 data synth`): `image*` fields are paths relative to the
   dataset root (`images/000001.jpg`).
-* **validated** (written by `beit3 data validate`, read by every later stage): the same rows, minus the
-  quarantined ones, whose `image*` fields read `shards/<file>.tar#<member>`; the images live in WebDataset
-  tar shards in the img2dataset layout (`<key>.jpg`, `<key>.txt`, `<key>.json` per sample).
+* **validated** (written by `beit3 data validate`, read by every later stage; `format_version` 2): the same
+  rows, minus the quarantined ones, whose `image*` fields read `shards/<file>.tar#<member>`. Every kind is
+  packed into WebDataset tar shards in the img2dataset layout, one split's samples per shard: an image sample
+  is `<key>.<ext>` + `<key>.txt` + `<key>.json` (each image of a split once), a text sample `<key>.txt` +
+  `<key>.json`. The `.json` member's `"rows"` holds the validated rows whose first image field is that
+  sample (a text sample: its row), so a split streams from its shards alone; `dataset.json`'s
+  `validation.shards` lists each split's shards in order with their sample and row counts.
 
 A collection is a folder of datasets (any depth); the data commands treat every dataset in it.
 """
@@ -21,7 +25,8 @@ from beit3core import io
 from beit3core.data.names import validate_name
 from beit3core.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # raw datasets (import, synth)
+VALIDATED_FORMAT = 2  # validated datasets: every kind sharded, rows in the shards, validation.shards
 HEADER = "dataset.json"
 SHARD_DIR = "shards"
 SHARD_SEP = "#"  # "shards/00000.tar#000000012.jpg"
@@ -115,6 +120,18 @@ def check_header(header: object, where: str) -> dict:
     if spec.kind == "vqa" and not header.get("answers"):
         raise UserError(f"{where}: field 'answers': a vqa dataset needs its answer vocabulary")
     return header
+
+
+def split_shards(header: dict, where: str, split: str) -> list[dict]:
+    """`validation.shards[split]` of a validated header read from `where`: [{"name", "samples", "rows"}, ...]."""
+    shards = (header.get("validation") or {}).get("shards")
+    if not header.get("validated"):
+        raise UserError(f"{where}: not a validated dataset; run beit3 data validate")
+    if header.get("format_version", 1) < VALIDATED_FORMAT or not isinstance(shards, dict):
+        raise UserError(f"{where}: validated with an older format; rerun beit3 data validate")
+    if split not in shards:
+        raise UserError(f"{where}: field 'validation.shards': no split {split!r}")
+    return shards[split]
 
 
 def check_splits(splits: object, what: str) -> list[str]:

@@ -1,7 +1,8 @@
 """WebDataset tar shards in the img2dataset layout, with a byte-offset index for random access.
 
 Each sample is `<key>.<ext>` (the image bytes exactly as validated), `<key>.txt` (its caption, or empty) and
-`<key>.json` (where it came from, its size). Shards are named `00000.tar`, `00001.tar`, ... and written
+`<key>.json` (where it came from, its size, the validated rows it carries); a text sample has no image
+member. Shards are named `00000.tar`, `00001.tar`, ... and written
 byte-deterministically (fixed mtime, owner and mode). Next to each shard, `00000.idx.json` maps each member
 to `[offset, size]` so one image can be read with a single range request; shards brought from elsewhere
 (img2dataset output) get their index built on first use by scanning the tar headers.
@@ -13,7 +14,9 @@ import io as _pyio
 import json
 import logging
 import posixpath
+import shutil
 import tarfile
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from beit3core.errors import UserError
 log = logging.getLogger(__name__)
 
 BLOCK = tarfile.BLOCKSIZE
+SPOOL_BYTES = 16 << 20  # of a shard being written, held in memory; the rest waits in a local file
 IMAGE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 
@@ -46,11 +50,33 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _gnu_header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+_TEMPLATE = _gnu_header(_tarinfo("", 0))
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The header block(s) tarfile writes for a member (GNU format, fixed mtime, owner and mode), built from
+    a template for short names: tarfile's own takes ~0.2 ms a member, too slow for millions of text samples."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) >= 100 or size >= 8 ** 11:  # long names and sizes take GNU extensions: let tarfile write them
+        return _gnu_header(_tarinfo(name, size))
+    buf = bytearray(_TEMPLATE)
+    buf[0:100] = raw.ljust(100, b"\0")
+    buf[124:136] = b"%011o\0" % size
+    buf[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
 class ShardWriter:
     """Writes samples into `<folder>/00000.tar, 00001.tar, ...`, `shard_size` samples per shard.
 
     `add(...)` returns the member name of the image; `current` names the shard it went to. Each shard is
-    assembled in memory and published atomically (with its index) when full or on `close()`.
+    assembled in a spooled buffer (in memory up to SPOOL_BYTES, then in a local temporary file, so memory does
+    not grow with what a shard holds) and published atomically (with its index) when full or on `close()`.
     """
 
     def __init__(self, folder: str, shard_size: int = 1000, start: int = 0):
@@ -63,8 +89,7 @@ class ShardWriter:
         self._open()
 
     def _open(self) -> None:
-        self._buf = _pyio.BytesIO()
-        self._tar = tarfile.open(fileobj=self._buf, mode="w", format=tarfile.GNU_FORMAT)
+        self._buf = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - closed by flush()
         self._members: dict[str, list[int]] = {}
         self._count = 0
 
@@ -78,17 +103,28 @@ class ShardWriter:
         return self._count
 
     def _put(self, name: str, data: bytes) -> None:
-        self._tar.addfile(_tarinfo(name, len(data)), _pyio.BytesIO(data))
-        padded = -(-len(data) // BLOCK) * BLOCK
-        self._members[name] = [self._tar.offset - padded, len(data)]
+        header = tar_header(name, len(data))
+        self._members[name] = [self._buf.tell() + len(header), len(data)]
+        self._buf.write(header)
+        self._buf.write(data)
+        self._buf.write(b"\0" * (-len(data) % BLOCK))
 
-    def add(self, key: str, image: bytes, ext: str = "jpg", text: str = "", meta: dict | None = None) -> str:
+    def ahead(self, n: int) -> str:
+        """The shard the `n`-th next sample (0: the next one) will go to."""
+        return shard_name(self.index + (self._count + n) // self.shard_size)
+
+    def add(self, key: str, image: bytes | None, ext: str = "jpg", text: str = "", meta: dict | bytes | None = None) -> str:
+        """Add one sample; its image member name (its `.txt` member for a text sample, `image=None`). `meta`
+        is the `.json` member: a dict (written with `key`), or its bytes as they are."""
         if self._count >= self.shard_size:
             self.flush()
-        member = f"{key}.{ext}"
-        self._put(member, image)
+        member = f"{key}.{ext}" if image is not None else f"{key}.txt"
+        if image is not None:
+            self._put(member, image)
         self._put(f"{key}.txt", text.encode("utf-8", "surrogateescape"))
-        self._put(f"{key}.json", json.dumps({"key": key, **(meta or {})}, sort_keys=True).encode())
+        if not isinstance(meta, bytes):
+            meta = json.dumps({"key": key, **(meta or {})}, sort_keys=True).encode()
+        self._put(f"{key}.json", meta)
         self._count += 1
         return member
 
@@ -96,9 +132,13 @@ class ShardWriter:
         """Publish the current shard (if it holds anything) and start the next one."""
         if self._count == 0:
             return
-        self._tar.close()
+        self._buf.write(b"\0" * (2 * BLOCK))  # the end of the archive, padded to whole records, as tarfile does
+        self._buf.write(b"\0" * (-self._buf.tell() % tarfile.RECORDSIZE))
         name = self.current
-        io.write_bytes(io.join(self.folder, name), self._buf.getvalue())
+        self._buf.seek(0)
+        with io.atomic_write(io.join(self.folder, name)) as f:
+            shutil.copyfileobj(self._buf, f, 1 << 20)
+        self._buf.close()
         io.write_bytes(io.join(self.folder, index_name(name)),
                        json.dumps(self._members, sort_keys=True).encode())
         self.written.append(name)
@@ -107,7 +147,7 @@ class ShardWriter:
 
     def close(self) -> list[str]:
         self.flush()
-        self._tar.close()
+        self._buf.close()
         return self.written
 
 

@@ -50,6 +50,7 @@ SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 RELATIONS = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 JPEG_QUALITY = 90
+GENERATOR = "beit3 data synth"  # dataset.json source.generator of this module's output
 SIDES = {"square": "four sides", "triangle": "three sides", "star": "five points", "circle": "no corners"}
 
 # rows per split at --scale 1.0
@@ -356,7 +357,7 @@ def synthesize(out: str, *, seed: int = 0, image_size: int = 64, scale: float = 
         raise UserError(f"--image-size must be between 16 and 1024, got {image_size}")
     if not 0 < scale <= 20:
         raise UserError(f"--scale must be in (0, 20], got {scale}")
-    source = {"generator": "beit3 data synth", "seed": seed, "image_size": image_size, "scale": scale}
+    source = {"generator": GENERATOR, "seed": seed, "image_size": image_size, "scale": scale}
     counts = {name: {split: _n(n, scale) for split, n in splits.items()} for name, splits in SIZES_AT_SCALE_1.items()}
     layout = {"pairs": "pairs", "images": "images", "text": "text",
               **{t: f"tasks/{t}" for t in ("classification", "vqa", "nlvr2", "retrieval", "captioning")}}

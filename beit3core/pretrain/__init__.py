@@ -1,6 +1,6 @@
 """The BEiT-3 masked-data-modeling objective: heads, text masking, loss/accuracies, the three-stream mixer.
 
-    from beit3core.pretrain import Beit3ForPretraining, MixedBatches, mask_text
+    from beit3core.pretrain import Beit3ForPretraining, open_loader, mask_text
 
 The trainer loop lives in `beit3train.pretrain`.
 """
@@ -16,9 +16,10 @@ _LAZY = {
     "mask_text": "beit3core.pretrain.text_masking",
     "IGNORE": "beit3core.pretrain.text_masking",
     "MaskingConfig": "beit3core.pretrain.data",
-    "MixedBatches": "beit3core.pretrain.data",
-    "Stream": "beit3core.pretrain.data",
-    "load_stream": "beit3core.pretrain.data",
+    "StreamSource": "beit3core.pretrain.data",
+    "stream_source": "beit3core.pretrain.data",
+    "open_loader": "beit3core.pretrain.data",
+    "lane_loader": "beit3core.pretrain.data",
     "find_stream_datasets": "beit3core.pretrain.data",
     "pair_grounding": "beit3core.pretrain.grounding",
     "describe_grounding": "beit3core.pretrain.grounding",

@@ -4,7 +4,7 @@ another pair's image.
 MLM accuracy on image-text pairs can be high from the language prior alone (caption grammar, frequent
 words), so it does not show whether the fused pass uses the image. This check masks the held-out pair texts
 as pretraining does (no image masking) and predicts them twice: once with the pair's own image, once with
-the image of the next pair in the split (row i + 1), `draws` times with different masks. `loss_gain`
+the image of the next pair (another image: one caption per image), `draws` times with different masks. `loss_gain`
 (mismatched - matched mean cross-entropy) and `acc_gain` (matched - mismatched accuracy) are ~0 for a model
 that ignores the image; the loss is the steadier of the two on a few hundred pairs.
 """
@@ -14,30 +14,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from beit3core.pretrain.data import MixedBatches
-from beit3core.pretrain.model import Beit3ForPretraining, masked_prediction, normalize_image
+from beit3core.pretrain.data import MaskingConfig, text_inputs
+from beit3core.pretrain.model import (
+    Beit3ForPretraining,
+    masked_prediction,
+    normalize_image,
+)
 
 _RNG_STREAM = 99  # masks of the check: independent of the training streams' generators
 
 
 @torch.no_grad()
-def pair_grounding(model: Beit3ForPretraining, pairs: MixedBatches, *, max_pairs: int = 512, draws: int = 4,
-                   batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Matched/mismatched MLM loss and accuracy, and their gains, over the first `max_pairs` rows of
-    `pairs.streams["pairs"]` (at least 2)."""
-    stream = pairs.streams["pairs"]
-    n = min(len(stream), max_pairs)
-    if n < 2:
-        raise ValueError(f"pair grounding needs at least 2 pairs, got {n}")
+def pair_grounding(model: Beit3ForPretraining, images: torch.Tensor, texts: list[np.ndarray], masking: MaskingConfig,
+                   *, draws: int = 4, batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu") -> dict:
+    """Matched/mismatched MLM loss and accuracy, and their gains, over held-out pairs: `images` uint8
+    (n, 3, S, S) and the token ids of their texts (`beit3core.pretrain.data.read_pairs`; n >= 2)."""
+    n = len(texts)
+    if n < 2 or len(images) != n:
+        raise ValueError(f"pair grounding needs at least 2 pairs with one image each, got {n} and {len(images)}")
     was_training = model.training
     model.eval()
-    images = torch.stack([pairs.image(stream, r) for r in range(n)])  # read once, used 2 x draws times
     sums = np.zeros((2, 3))  # [matched, mismatched] x [loss * predicted, correct, predicted]
     for start in range(0, n * draws, batch_size):
         slots = np.arange(start, min(start + batch_size, n * draws))
         rows = slots % n
         rngs = [np.random.default_rng([seed, _RNG_STREAM, int(s)]) for s in slots]
-        batch = pairs.text_inputs("pairs", rows, rngs)
+        batch = text_inputs([texts[r] for r in rows], masking.pair_text_ratio, masking.mask_id, rngs)
         for k, image in enumerate((images[rows], images[(rows + 1) % n])):
             out = model.backbone(image=normalize_image(image).to(device), text_ids=batch["text_ids"].to(device),
                                  text_padding_mask=batch["text_padding_mask"].to(device))

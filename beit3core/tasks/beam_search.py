@@ -1,15 +1,16 @@
 """Beam search over a next-token log-probability function: the released captioning decoder's search.
 
 microsoft/unilm `beit3/engine_for_finetuning.py` (CaptioningHandler.eval_batch) with `utils.BeamHypotheses`
-(one kept hypothesis, early_stopping False), rule for rule:
+(one kept hypothesis, early_stopping False), rule for rule. Lengths count token ids (SentencePiece pieces,
+the released `num_max_bpe_tokens` units), not words:
 - a step takes the top 3 x num_beams (prefix, token) candidates; a candidate ending in `</s>` becomes a finished
   hypothesis, the others refill the beams in score order until num_beams are alive;
-- a finished hypothesis scores sum(log p) / len ** length_penalty with len = generated words + 2 (the
+- a finished hypothesis scores sum(log p) / len ** length_penalty with len = generated tokens + 2 (the
   released hypothesis holds `<s>` and the `</s>` slot);
 - an item is done when a hypothesis is kept and it beats the best candidate of the step divided by the
   longest possible length, (max_len - 1) ** length_penalty;
-- at the last step (the prefix holds `<s>` and max_len - 3 words) every candidate finishes: the hypothesis is
-  the prefix, scored with the candidate's log p, so a caption has at most max_len - 3 words.
+- at the last step (the prefix holds `<s>` and max_len - 3 tokens) every candidate finishes: the hypothesis is
+  the prefix, scored with the candidate's log p, so a caption has at most max_len - 3 tokens.
 
 `next_logprobs(prefixes, origin)` gets the alive prefixes (N, t) (each starting with `<s>`) and, for every row,
 the row of the previous call it extends (`origin`, for re-ordering a key/value cache), and returns (N, V)
@@ -38,9 +39,9 @@ def beam_search(
 ) -> list[list[int]]:
     """Best sequence per batch item: generated ids without `<s>` and without `</s>`, at most max_len - 3 of them.
 
-    `max_len` is the model's text length (released `num_max_bpe_tokens`): the decoder's input, `<s>` + words +
-    one slot, never exceeds max_len - 1 tokens. Rows are laid out item-major: row i * num_beams + k is beam k
-    of item i.
+    `max_len` is the model's text length in token ids (released `num_max_bpe_tokens`): the decoder's input,
+    `<s>` + generated ids + one `<mask>` slot, never exceeds max_len - 1 tokens. Rows are laid out item-major:
+    row i * num_beams + k is beam k of item i.
     """
     k = num_beams
     prefixes = torch.full((batch_size * k, 1), bos_id, dtype=torch.long, device=device)
@@ -51,7 +52,7 @@ def beam_search(
     done = [False] * batch_size
     longest = float(max_len - 1) ** length_penalty
 
-    # cur_len = 2 + words in the prefix (released); its last step, cur_len = max_len - 1, finishes everything
+    # cur_len = 2 + generated ids in the prefix (released); the last step, cur_len = max_len - 1, finishes all
     for cur_len in range(2, max_len):
         last_step = cur_len + 1 == max_len
         logp = next_logprobs(prefixes, origin).float()

@@ -71,7 +71,9 @@ class BlockMaskGenerator:
     def _place_block(self, mask: np.ndarray, budget: int, rng: np.random.Generator) -> int:
         """Try to mask one new block adding 1..budget cells; return how many cells it added (0 = gave up)."""
         for _ in range(_TRIES_PER_BLOCK):
-            area = rng.uniform(self.min_num, budget) if budget > self.min_num else float(budget)
+            # As released (`random.uniform(min_num, budget)`): below min_num cells left, the area falls in
+            # [budget, min_num] (numpy wants low <= high) and a block that adds too much is retried.
+            area = rng.uniform(min(self.min_num, budget), max(self.min_num, budget))
             aspect = math.exp(rng.uniform(*self.log_aspect))
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))

@@ -48,7 +48,7 @@ def image_to_uint8(img, img_size: int) -> torch.Tensor:
     img = img.convert("RGB") if img.mode != "RGB" else img
     if img.size != (img_size, img_size):
         img = img.resize((img_size, img_size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))  # one copy
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

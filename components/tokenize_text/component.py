@@ -19,8 +19,9 @@ def tokenize_text(
     workers: int = 2,
     extra_args: list = [],  # noqa: B006 - a KFP parameter default, never mutated
 ) -> NamedTuple("Outputs", text_tokens_uri=str):
-    """Writes `tokenizer/` (the SentencePiece model) and `tokens/<dataset>/<split>.npz`. The validated data
-    arrive as a URI and are streamed from S3 (no launcher download); `text_tokens_uri` is where the output is."""
+    """Writes `tokenizer/` (the SentencePiece model) and a summary (the pretraining loader tokenizes the texts).
+    The validated data arrive as a URI and are streamed from S3 (no launcher download); `text_tokens_uri` is
+    where the output is."""
     from collections import namedtuple
 
     from beit3core import io

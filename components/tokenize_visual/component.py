@@ -22,8 +22,8 @@ def tokenize_visual(
     batch_size: int = 64,
     extra_args: list = [],  # noqa: B006 - a KFP parameter default, never mutated
 ) -> NamedTuple("Outputs", visual_tokens_uri=str):
-    """Writes `tokenizer/` (VQ-KD safetensors + config.json) and `tokens/<dataset>/<split>.npz`. The validated
-    data arrive as a URI and are streamed from S3 (no launcher download)."""
+    """Writes `tokenizer/` (VQ-KD safetensors + config.json) and `tokens/<dataset>/<shard>.npz`, one per image
+    shard. The validated data arrive as a URI and are streamed from S3 (no launcher download)."""
     from collections import namedtuple
 
     from beit3core import io

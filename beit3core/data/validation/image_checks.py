@@ -1,7 +1,8 @@
 """Image checks: every referenced image exists, decodes fully and is within the size bounds.
 
-Images are read once, in parallel (threads: decoding in Pillow and S3 reads release the GIL); the bytes of
-good images are kept, up to a memory budget, for packing them into shards.
+Images are read in parallel (threads: decoding in Pillow and S3 reads release the GIL), each once per
+dataset: a chunk checks only the images no earlier chunk did (their results are in the dataset's store).
+Packing reads the good ones again, so no image bytes are held between chunks.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def check_image_bytes(data: bytes) -> ImageResult:
             upright(img)  # as every reader does: an unreadable orientation fails here, not in training
         if fmt == "PNG" and not data.rstrip(b"\0").endswith(b"IEND\xaeB`\x82"):
             raise OSError("PNG ends before its IEND chunk (truncated)")
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
         return ImageResult(False, f"image does not decode ({type(e).__name__}: {stable_message(e)})")
     return ImageResult(True, "", w, h, IMAGE_EXTS.get(fmt, (fmt or "img").lower()), hashlib.md5(data).hexdigest())
 
@@ -154,13 +155,18 @@ def check_images(root: str, refs: list[str], workers: int, keep_bytes: bool = Tr
         return _check_in_threads(root, refs, workers, MEMORY_BUDGET if keep_bytes else 0, bar)
 
 
-def image_checks(t: Table, safe: dict[str, np.ndarray], workers: int, root: str) -> ImageChecks:
-    """Check the images of the rows whose paths are safe to open (`safe`: image field -> rows)."""
+def image_checks(t: Table, safe: dict[str, np.ndarray], workers: int, root: str, store) -> ImageChecks:
+    """Check the images of the rows whose paths are safe to open (`safe`: image field -> rows), each image
+    once per dataset (`store`, a DatasetStore, holds the results of earlier chunks and is given the new ones)."""
     refs: dict[str, None] = {}
     for f in t.spec.image_fields:
         for i in np.flatnonzero(safe[f]):
             refs.setdefault(t.rows[i][f])
-    results = check_images(root, list(refs), workers, desc=f"{t.prefix or 'dataset '}images")
+    results = store.images(list(refs))
+    new = [r for r in refs if r not in results]
+    checked = check_images(root, new, workers, keep_bytes=False, desc=f"{t.prefix or 'dataset '}images")
+    store.add_images(checked)
+    results.update(checked)
     checks, columns = [], {}
     for f in t.spec.image_fields:
         ok = np.ones(len(t), bool)

@@ -3,6 +3,11 @@
 Per-value work is one pass of cheap C-level string tests per column; regular expressions and reason strings
 only touch the rows that are suspicious or bad, so 1M rows take seconds. Each rule also adds the column its
 GX expectation reads (a nullable boolean where the rule applies to some rows only).
+
+The rules run on one chunk of one split at a time. The two that compare rows (unique ids, keys not shared
+between splits) remember what earlier chunks held in the dataset's on-disk `DatasetStore`; splits are read
+most authoritative first (`split_order`: test, val, ..., then training splits in file order), so the row kept
+of a conflicting pair is the one of the more authoritative split, else the first in file order.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from beit3core.data.validation.check import (
     gx_column,
     short,
 )
+from beit3core.data.validation.store import DatasetStore
 from beit3core.data.validation.table import Table
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -51,6 +57,7 @@ class RowChecks:
     columns: dict[str, object] = field(default_factory=dict)  # the GX frame's columns
     typed: dict[str, np.ndarray] = field(default_factory=dict)  # field -> present and of its type
     safe: dict[str, np.ndarray] = field(default_factory=dict)  # image field -> a path that may be opened
+    store: DatasetStore | None = None  # what earlier chunks held
 
     @classmethod
     def of(cls, t: Table) -> RowChecks:
@@ -65,10 +72,21 @@ class RowChecks:
         return [int(i) for i in np.flatnonzero(mask)]
 
 
-def row_checks(t: Table) -> RowChecks:
-    """Every rule on the row values of `t`, in the order of the GX suite."""
+def split_rank(split: str) -> int:
+    """How authoritative a split is: 0 for test, then the evaluation splits, training splits last."""
+    return EVAL_SPLITS.index(split) if split in EVAL_SPLITS else len(EVAL_SPLITS)
+
+
+def split_order(splits: list[str]) -> list[str]:
+    """The order splits are validated in: most authoritative first, file order among equals."""
+    return sorted(splits, key=split_rank)
+
+
+def row_checks(t: Table, store: DatasetStore) -> RowChecks:
+    """Every rule on the row values of `t` (rows of one split), in the order of the GX suite."""
     spec, header = t.spec, t.header
     rc = RowChecks.of(t)
+    rc.store = store
     rc.checks.append(_json_objects(rc))
     for f in spec.fields:
         rc.checks += _field_checks(rc, f)
@@ -174,21 +192,26 @@ def _text_length(rc: RowChecks, tf: TextField) -> Check:
 
 
 def _unique_ids(rc: RowChecks) -> Check:
-    """Ids are unique across all splits; the first occurrence is kept."""
+    """Ids are unique across all splits; the first occurrence (in validation order) is kept."""
     has_id, ids = rc.typed["id"], rc.values["id"]
     keys = [str(v) if has_id[k] else None for k, v in enumerate(ids)]
     dup = pd.Series(keys, dtype=object).duplicated(keep="first").to_numpy() & has_id
+    firsts = rc.indices(has_id & ~dup)
+    earlier = rc.store.first_ids([keys[i] for i in firsts])  # ids of earlier chunks, where they were
+    for i in firsts:
+        if keys[i] in earlier:
+            dup[i] = True
+    rc.store.add_ids((keys[i], rc.table.where(i)) for i in firsts if keys[i] not in earlier)
     reasons = {}
     if dup.any():
-        dup_keys = {keys[i] for i in np.flatnonzero(dup)}
-        first: dict[str, int] = {}
-        for i, k in enumerate(keys):
-            if k in dup_keys and k not in first:
-                first[k] = i
-        reasons = {i: f"duplicate id {short(ids[i])} (first at {rc.table.where(first[keys[i]])})"
-                   for i in rc.indices(dup)}
-    rc.columns["id__key"] = gx_column(keys)
-    return Check("id: unique across splits", "ExpectColumnValuesToBeUnique", {"column": "id__key"}, dup, reasons)
+        first_here: dict[str, int] = {}
+        for i in firsts:
+            first_here.setdefault(keys[i], i)
+        reasons = {i: f"duplicate id {short(ids[i])} (first at "
+                      f"{earlier.get(keys[i]) or rc.table.where(first_here[keys[i]])})" for i in rc.indices(dup)}
+    rc.columns["id__unique"] = flag(~dup, has_id)
+    return Check("id: unique across splits", "ExpectColumnValuesToBeInSet",
+                 {"column": "id__unique", "value_set": [True]}, dup, reasons)
 
 
 def _path_problem(f: str, v: str) -> str | None:
@@ -270,15 +293,18 @@ def _split_disjoint(rc: RowChecks, f: str) -> Check:
     """A value shared with a more authoritative split (test > val > train) is quarantined."""
     t = rc.table
     usable = rc.safe.get(f, rc.typed[f])
-    keys = pd.Series([str(v) if usable[k] else None for k, v in enumerate(rc.values[f])], dtype=object)
-    prio = {s: (EVAL_SPLITS.index(s) if s in EVAL_SPLITS else len(EVAL_SPLITS)) for s in t.header["splits"]}
-    rank = np.array([prio[s] for s in t.split], dtype=np.int64)
-    best = pd.DataFrame({"k": keys, "r": rank})[usable].groupby("k")["r"].min()
-    best_rank = keys.map(best).to_numpy(dtype=float, na_value=np.nan)
-    bad = usable & (rank > best_rank)
-    by_rank = {v: s for s, v in prio.items()}
-    reasons = {i: f"field {f!r}: {short(rc.values[f][i])} also in split {by_rank[int(best_rank[i])]!r} "
-                  f"(splits must not share images)" for i in rc.indices(bad)}
+    keys = {int(i): str(rc.values[f][i]) for i in np.flatnonzero(usable)}
+    rank = split_rank(t.split[0]) if len(t) else 0
+    best = rc.store.split_ranks(list(keys.values()))  # splits validated before this one, more authoritative first
+    rc.store.add_split_keys(keys.values(), rank)
+    bad = np.zeros(len(t), bool)
+    reasons = {}
+    by_rank = {split_rank(s): s for s in t.header["splits"]}
+    for i, k in keys.items():
+        if best.get(k, rank) < rank:
+            bad[i] = True
+            reasons[i] = (f"field {f!r}: {short(rc.values[f][i])} also in split {by_rank[best[k]]!r} "
+                          f"(splits must not share images)")
     rc.columns[f"{f}__split_disjoint"] = flag(~bad, usable)
     return Check(f"{f}: not shared between splits", "ExpectColumnValuesToBeInSet",
                  {"column": f"{f}__split_disjoint", "value_set": [True]}, bad, reasons)
