@@ -277,3 +277,10 @@ def test_without_rights_on_pods_and_events_the_job_conditions_still_decide(caplo
         obj = watcher.run(specs.build_job(_cfg("j")))
     assert obj["status"]["conditions"][-1]["type"] == "Succeeded"
     assert "cannot list the pods of ml/j" in caplog.text
+
+
+def test_a_long_prefix_never_cuts_the_unique_part():
+    """Kubernetes object names of a PyTorchJob/TrainJob are DNS-1035 labels (<= 63; ours <= 50 so the
+    operator's pod names fit): a long step prefix is cut, the random part that tells attempts apart is kept."""
+    names = {job_name("beit3-" + "x" * 60) for _ in range(20)}
+    assert len(names) == 20 and all(len(n) <= 50 and n[0].isalpha() and not n.endswith("-") for n in names)

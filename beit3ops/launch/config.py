@@ -150,9 +150,14 @@ class LaunchConfig:
 def job_name(prefix: str, unique: str = "") -> str:
     """A DNS-1035 job name from a prefix and a suffix, at most 50 characters. Without a suffix one is made
     from the time and a random part, so a retried step never collides with the job of an earlier attempt."""
-    raw = f"{prefix}-{unique[:12]}" if unique else f"{prefix}-{time.strftime('%m%d%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    name = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
-    name = re.sub(r"-+", "-", name)
-    if not name or not name[0].isalpha():
-        name = "j-" + name
-    return name[:50].rstrip("-")
+    def clean(text: str) -> str:
+        return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")
+
+    # 8 random hex digits: 20 attempts in the same second collide with odds ~1e-8 (4 digits: ~0.3%)
+    suffix = clean(unique[:12] if unique else f"{time.strftime('%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}")
+    head = clean(prefix)
+    if not (head or suffix)[:1].isalpha():
+        head = clean("j-" + head)
+    # a long prefix is cut, never the suffix that makes the name unique
+    head = head[:max(0, 50 - len(suffix) - 1)].rstrip("-")
+    return f"{head}-{suffix}" if head and suffix else (head or suffix)
