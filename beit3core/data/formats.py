@@ -123,7 +123,8 @@ def check_header(header: object, where: str) -> dict:
 
 
 def split_shards(header: dict, where: str, split: str) -> list[dict]:
-    """`validation.shards[split]` of a validated header read from `where`: [{"name", "samples", "rows"}, ...]."""
+    """`validation.shards[split]` of a validated header read from `where`: [{"name", "samples", "rows"}, ...],
+    each entry checked (a `shards/*.tar` name inside the dataset, a row count)."""
     shards = (header.get("validation") or {}).get("shards")
     if not header.get("validated"):
         raise UserError(f"{where}: not a validated dataset; run beit3 data validate")
@@ -131,7 +132,16 @@ def split_shards(header: dict, where: str, split: str) -> list[dict]:
         raise UserError(f"{where}: validated with an older format; rerun beit3 data validate")
     if split not in shards:
         raise UserError(f"{where}: field 'validation.shards': no split {split!r}")
-    return shards[split]
+    entries = shards[split]
+    if not isinstance(entries, list):
+        raise UserError(f"{where}: validation.shards.{split}: expected a list")
+    for n, entry in enumerate(entries):  # names become paths: checked here, for every reader
+        name, rows = (entry.get("name"), entry.get("rows")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(name, str) and name.startswith(SHARD_DIR + "/") and name.endswith(".tar")
+                and ".." not in name.split("/")) or type(rows) is not int or rows < 0:
+            raise UserError(f"{where}: validation.shards.{split}[{n}]: expected "
+                            "{\"name\": \"shards/NNNNN.tar\", \"rows\": <count>, ...}")
+    return entries
 
 
 def check_splits(splits: object, what: str) -> list[str]:

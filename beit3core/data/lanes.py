@@ -21,11 +21,9 @@ prefetched: nothing grows with the number of rows.
 
 from __future__ import annotations
 
-import io as _pyio
 import json
 import math
 import posixpath
-import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from beit3core import io
 from beit3core.data import formats
 from beit3core.data.names import check_inside
 from beit3core.data.reading import read_header
-from beit3core.data.shards import GZIP_MAGIC, CompressedShard, group_samples
+from beit3core.data.shards import group_samples, tar_members
 from beit3core.errors import UserError
 
 
@@ -63,18 +61,7 @@ def split_shards(uri: str, split: str) -> list[Shard]:
     header = read_header(uri)
     if split not in header["splits"]:
         raise UserError(f"{where}: no split {split!r} (splits: {', '.join(header['splits'])})")
-    entries = formats.split_shards(header, where, split)
-    if not isinstance(entries, list):
-        raise UserError(f"{where}: validation.shards.{split}: expected a list")
-    out = []
-    for n, entry in enumerate(entries):
-        name, rows = (entry.get("name"), entry.get("rows")) if isinstance(entry, dict) else (None, None)
-        if not (isinstance(name, str) and name.startswith(formats.SHARD_DIR + "/") and name.endswith(".tar")
-                and ".." not in name.split("/")) or type(rows) is not int or rows < 0:
-            raise UserError(f"{where}: validation.shards.{split}[{n}]: expected "
-                            "{\"name\": \"shards/NNNNN.tar\", \"rows\": <count>, ...}")
-        out.append(Shard(uri, name, rows))
-    return out
+    return [Shard(uri, entry["name"], entry["rows"]) for entry in formats.split_shards(header, where, split)]
 
 
 # -- reading one shard ----------------------------------------------------------------------------------------
@@ -86,19 +73,6 @@ class ShardSamples:
     rows: list[dict]
     keys: list[str]
     files: dict[str, dict[str, bytes]]
-
-
-def _members(data: bytes, uri: str) -> Iterator[tuple[str, bytes]]:
-    if data.startswith(GZIP_MAGIC):
-        raise CompressedShard(f"{uri}: a gzip-compressed shard; shards must be uncompressed .tar "
-                              "(decompress it, e.g. gunzip, before use)")
-    try:
-        with tarfile.open(fileobj=_pyio.BytesIO(data), mode="r:") as tar:
-            for m in tar:
-                if m.isfile():
-                    yield m.name, tar.extractfile(m).read()
-    except tarfile.TarError as e:
-        raise UserError(f"{uri}: not a readable tar shard ({e})") from None
 
 
 def read_shard(shard: Shard, keep: Callable[[str], bool] = lambda ext: True) -> ShardSamples:
@@ -113,7 +87,7 @@ def read_shard(shard: Shard, keep: Callable[[str], bool] = lambda ext: True) -> 
         except FileNotFoundError:
             raise UserError(f"{uri}: no such shard (dataset.json lists it)") from None
     rows, keys, files = [], [], {}
-    for key, sample in group_samples(_members(data, uri)):
+    for key, sample in group_samples(tar_members(data, uri)):
         try:
             meta = json.loads(sample.pop("json", b"{}"))
             sample_rows = meta["rows"]

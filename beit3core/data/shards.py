@@ -172,18 +172,28 @@ def _refuse_compressed(uri: str, head: bytes) -> None:
                               "(decompress it, e.g. gunzip, before use)")
 
 
+def _tar_members(fileobj, uri: str, mode: str) -> Iterator[tuple[str, bytes]]:
+    try:
+        with tarfile.open(fileobj=fileobj, mode=mode) as tar:
+            for m in tar:
+                if m.isfile():
+                    yield m.name, tar.extractfile(m).read()
+    except tarfile.TarError as e:
+        raise UserError(f"{uri}: not a readable tar shard ({e})") from None
+
+
 def iter_tar(uri: str) -> Iterator[tuple[str, bytes]]:
     """(member, bytes) of every file in a tar, streamed in order."""
     with io.open(uri, "rb") as f:
         _refuse_compressed(uri, f.read(2))
         f.seek(0)
-        try:
-            with tarfile.open(fileobj=f, mode="r|") as tar:
-                for m in tar:
-                    if m.isfile():
-                        yield m.name, tar.extractfile(m).read()
-        except tarfile.TarError as e:
-            raise UserError(f"{uri}: not a readable tar shard ({e})") from None
+        yield from _tar_members(f, uri, "r|")
+
+
+def tar_members(data: bytes, uri: str) -> Iterator[tuple[str, bytes]]:
+    """(member, bytes) of every file in a tar already read whole (`uri` names it in errors)."""
+    _refuse_compressed(uri, data[:2])
+    yield from _tar_members(_pyio.BytesIO(data), uri, "r:")
 
 
 def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:
