@@ -42,7 +42,7 @@ demo: store-up
 	$(STORE_ENV) && \
 	  { $(DVC) pull --quiet data.dvc 2>/dev/null || { $(BEIT3) data synth data && $(DVC) commit --force --quiet data.dvc; }; } && \
 	  $(DVC) push --quiet data.dvc && \
-	  $(DVC) repro && \
+	  $(BIN)/python -m beit3ops.stage_clock --out artifacts/stage_times.json -- $(DVC) repro && \
 	  $(DVC) push --quiet && \
 	  $(BIN)/python -m beit3ops.demo_summary show artifacts
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from beit3core import data, io
 from beit3core.data.caption_objects import is_synthetic, objects_named_percent
+from beit3core.data.task_stream import SplitSource
 from beit3core.errors import ArgumentParser, UserError, run_main
 from beit3core.task_checkpoint import load_task_model
 from beit3core.tasks import TASK_NAMES, TASKS, TaskSettings
@@ -105,11 +106,14 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def loader_workers(workers: int | None) -> int:
-    """DataLoader workers: `workers`, or when None one per 8 usable cores: decoding and augmenting a batch
-    costs about 1/8 of a tiny model's training step (measured on the demo's VQA data: 0.06 of 0.45 CPU-seconds
-    on one thread), so fewer cores keep the loading in the main process rather than take a core from torch."""
-    return usable_cores() // 8 if workers is None else workers
+def loader_workers(workers: int | None, device_type: str = "cpu") -> int:
+    """DataLoader workers: `workers`, or when None sized from the usable cores. On CPU one per 8 cores: decoding
+    and augmenting a batch costs about 1/8 of a tiny model's training step (measured on the demo's VQA data: 0.06
+    of 0.45 CPU-seconds on one thread), so fewer cores keep the loading in the main process rather than take a
+    core from torch. On a GPU the cores have nothing else to do: all but the main process's one, at most 8."""
+    if workers is not None:
+        return workers
+    return max(1, min(8, usable_cores() - 1)) if device_type == "cuda" else usable_cores() // 8
 
 
 def caption_predictions(samples: list[dict]) -> list[dict]:
@@ -127,23 +131,22 @@ def evaluate_split(model: nn.Module, task: str, data_uri: str, split: str, *, he
                    num_samples: int = 8, all_samples: bool = False,
                    progress: bool = True) -> tuple[dict, list[dict], int]:
     """(metrics, sample predictions: `num_samples` of them or, with `all_samples`, one per row, rows evaluated)
-    of `model` on the first `max_examples` rows (0: all) of `split`, under the device's autocast. Captioning on
-    synthetic data also gets `objects_named`. Fine-tuning's end-of-run evaluation is this one."""
-    rows = data.read_rows(data_uri, split)
-    if max_examples:
-        rows = rows[:max_examples]
-    if not rows:
+    of `model` on the first `max_examples` rows (0: all) of `split`, read in shard order, under the device's
+    autocast. Captioning on synthetic data also gets `objects_named`. Fine-tuning's end-of-run evaluation is this
+    one."""
+    source = SplitSource(data_uri, split, header)  # read in order, shard by shard (beit3core.data.task_stream)
+    if not source.rows:
         raise UserError(f"{data_uri}: split {split!r} is empty")
     objects = task == "captioning" and is_synthetic(header)  # the object metric reads every caption
-    ev = EvalContext(uri=data_uri, rows=rows, header=header, tokenizer=tokenizer, settings=settings, device=device,
-                     num_samples=2**62 if all_samples or objects else num_samples, progress=progress)
+    ev = EvalContext(source=source, max_rows=max_examples, header=header, tokenizer=tokenizer, settings=settings,
+                     device=device, num_samples=2**62 if all_samples or objects else num_samples, progress=progress)
     with autocast(device):
         metrics, samples = TASKS[task].evaluate(model, ev)
     if objects:
         predictions = caption_predictions(samples)
         metrics["objects_named"] = objects_named_percent([p["generated"] for p in predictions],
                                                          [p["references"] for p in predictions])
-    return metrics, samples if all_samples else samples[:num_samples], len(rows)
+    return metrics, samples if all_samples else samples[:num_samples], ev.num_rows
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:

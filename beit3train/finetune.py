@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from timm.data import Mixup
 from torch import nn
 
 from beit3core import data, io
@@ -40,7 +39,12 @@ from beit3core.task_checkpoint import (
 )
 from beit3core.tasks import TASK_NAMES, TASKS, TaskSettings, collator, settings_for
 from beit3core.tasks.common import StepContext
-from beit3core.tasks.data import TrainAugment, check_kind, train_loader
+from beit3core.tasks.data import (
+    DEFAULT_SHUFFLE_BUFFER,
+    TrainAugment,
+    check_kind,
+    train_loader,
+)
 from beit3core.tasks.report import metrics_document, write_report
 from beit3core.tokenizers import TextTokenizer
 from beit3train import checkpointing
@@ -84,6 +88,9 @@ class FinetuneConfig:
                                   "default)", bounds="[0, inf)")
     num_workers: int | None = setting(None, "DataLoader workers per rank (0: load in the main process; unset: one "
                                       "per 8 usable cores)", bounds="[0, inf)")
+    shuffle_buffer: int = setting(DEFAULT_SHUFFLE_BUFFER, "rows each loader process shuffles at a time (the "
+                                  "split's shards come in a new order every epoch)", bounds="[1, inf)",
+                                  exact=True)
     num_samples: int = setting(8, "sample predictions shown in the report", bounds="[0, inf)")
     max_eval_examples: int = setting(0, "evaluate on the first N rows only (0: all)", bounds="[0, inf)")
     log_every: int = setting(10, "steps between logged metrics", bounds="[1, inf)")
@@ -153,7 +160,7 @@ class _Run:
     total: int  # optimizer steps of the run
     state: checkpointing.TrainState  # progress: epoch, losses; generator: the task's RNG (ctx.rng)
     ctx: StepContext
-    mixup: Mixup | None
+    mixup: object | None  # timm.data.Mixup
     resumed: checkpointing.Resumed | None = None
     train_seconds: float = 0.0
 
@@ -162,9 +169,12 @@ class _Run:
         return len(self.loader)
 
 
-def _mixup(settings: TaskSettings, num_classes: int) -> Mixup | None:
+def _mixup(settings: TaskSettings, num_classes: int):
+    """timm's Mixup for the classification recipes that use it (imported here: timm costs every run ~1 s)."""
     if settings.mixup <= 0 and settings.cutmix <= 0:
         return None
+    from timm.data import Mixup
+
     return Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                  label_smoothing=settings.label_smoothing, num_classes=num_classes)
 
@@ -191,7 +201,8 @@ def build(cfg: FinetuneConfig, dist_info: DistInfo) -> _Run:
     loader = train_loader(task, cfg.data, cfg.train_split, collator(task, tokenizer, s.max_len, header),
                           img_size=s.img_size, batch_size=s.batch_size, augment=TrainAugment.of(s),
                           seed=cfg.seed, rank=dist_info.rank,
-                          world_size=dist_info.world_size, num_workers=loader_workers(cfg.num_workers))
+                          world_size=dist_info.world_size, num_workers=loader_workers(cfg.num_workers),
+                          shuffle_buffer=cfg.shuffle_buffer)
     per_epoch = len(loader)
     if per_epoch == 0:
         raise UserError(f"{cfg.data}: split {cfg.train_split!r} has fewer rows than one batch per rank")
@@ -233,6 +244,7 @@ def _run_epoch(cfg: FinetuneConfig, run: _Run, logger: MetricsLogger) -> None:
     state = run.state
     losses = state.progress["losses"]
     run.loader.generator.manual_seed(cfg.seed + run.dist.rank + 7919 * state.progress["epoch"])
+    run.loader.dataset.set_epoch(state.progress["epoch"])  # the epoch's shard order and shuffle
     for batch in run.loader:
         losses.append(_train_step(cfg, run, batch))
         state.step += 1

@@ -54,6 +54,7 @@ from beit3core.tokenizers.visual import VisualTokenizer
 from beit3train import checkpointing
 from beit3train.config import config_from, make_parser, setting
 from beit3train.distributed import DistInfo, all_reduce_sum, barrier, run_distributed
+from beit3train.evaluate import loader_workers
 from beit3train.hooks import TrainHooks
 from beit3train.metrics import MetricsLogger
 from beit3train.optim import build_optimizer, build_param_groups, build_scheduler
@@ -113,7 +114,8 @@ class PretrainConfig:
                                   "token files, no augmentation); auto: on-the-fly on CUDA, precomputed on CPU",
                                   exact=True, choices=("auto", "on-the-fly", "precomputed"))
     seed: int = setting(0, "seed of the initial weights, the data order and the masks", exact=True)
-    num_workers: int = setting(2, "DataLoader workers per rank", bounds="[0, inf)")
+    num_workers: int | None = setting(None, "DataLoader workers per rank (unset: sized from the usable cores, see "
+                                      "beit3train.evaluate.loader_workers)", bounds="[0, inf)")
     log_every: int = setting(10, "steps between logged metrics", bounds="[1, inf)")
     checkpoint_activations: bool = setting(False, "recompute blocks in backward")
     eval_split: str = setting("val", "split of the pair datasets for the end-of-run grounding check")
@@ -137,7 +139,7 @@ class PretrainConfig:
             (self.clip_grad >= 0, "--clip-grad must be >= 0"),
             (self.max_text_len >= 3, "--max-text-len must be >= 3"),
             (self.ckpt_every > 0 and self.keep_last > 0, "--ckpt-every and --keep-last must be > 0"),
-            (self.num_workers >= 0 and self.log_every > 0, "--num-workers must be >= 0 and --log-every > 0"),
+            ((self.num_workers or 0) >= 0 and self.log_every > 0, "--num-workers must be >= 0 and --log-every > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -307,7 +309,7 @@ def resolve_lanes(cfg: PretrainConfig, run: _Run) -> int:
     if saved:
         return int(saved)
     return auto_lanes({k: v * run.dist.world_size for k, v in cfg.batch_sizes.items()}, run.dist.world_size,
-                      cfg.num_workers)
+                      loader_workers(cfg.num_workers, run.dist.device.type))
 
 
 def check_data_position(cfg: PretrainConfig, run: _Run) -> None:
@@ -328,7 +330,8 @@ def _open_batches(cfg: PretrainConfig, run: _Run):
     start, dist_info = run.state.step, run.dist
     run.lanes = resolve_lanes(cfg, run)
     check_data_position(cfg, run)
-    layout = Layout(run.lanes, dist_info.rank, dist_info.world_size, cfg.num_workers)
+    layout = Layout(run.lanes, dist_info.rank, dist_info.world_size,
+                    loader_workers(cfg.num_workers, dist_info.device.type))
     # created before the RNG restore: the loader's iterator draws from the global RNG
     batches = lane_loader(run.streams, cfg.batch_sizes, run.masking, seed=cfg.seed, layout=layout, start_step=start,
                           total_steps=cfg.steps, text_tokenizer=run.tokenizer.model_proto,

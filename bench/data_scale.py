@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/data_scale.py --rows 400000      # builds the data once (cached by N), then measures
     .venv/bin/python bench/data_scale.py --rows 20000 --repeats 3
+    .venv/bin/python bench/data_scale.py --rows 20000 --seconds 10 --profile /tmp/loader.pstats   # where CPU goes
 
 Builds (or reuses) a synthetic *validated* pairs collection of N rows on the local S3 store (`beit3 store`,
 started when it is not running): format-2 tar shards (`docs/data.md`), precomputed visual-token shards, a
@@ -223,6 +224,29 @@ def loader_rate(root: str, *, batch: int, workers: int, seconds: float, img_size
     return {"first_batch_s": first, "samples_per_s": rate}
 
 
+def profile_loader(root: str, path: str, *, batch: int, seconds: float, img_size: int, targets: str) -> None:
+    """cProfile of the loader in this one process (num_workers=0: the workers' work, in the main thread; the
+    shard reads run in threads cProfile does not see) over `seconds` after the first batch: pstats to `path`,
+    the top functions by own time to stderr. For where the loader's CPU goes, not for its rate."""
+    import cProfile
+    import pstats
+
+    from beit3core.pretrain.data import open_loader
+
+    batches = iter(open_loader(data=io.join(root, "data"), text_tokenizer=io.join(root, "tokens_text"),
+                               visual_tokens=io.join(root, "tokens_visual"), batch_sizes={"pairs": batch},
+                               num_workers=0, img_size=img_size, total_steps=10**9, visual_targets=targets))
+    next(batches)
+    profiler, n, t0 = cProfile.Profile(), 0, time.perf_counter()
+    profiler.enable()
+    while time.perf_counter() - t0 < seconds:
+        n += len(next(batches)[1]["pairs"]["image"])
+    profiler.disable()
+    profiler.dump_stats(path)
+    print(f"profiled {n} samples in one process -> {path}", file=sys.stderr)
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=20000)
@@ -236,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--visual-targets", choices=("precomputed", "on-the-fly"), default="precomputed",
                     help="on-the-fly: the loader makes the augmented model and tokenizer views (BEiT v2) instead")
     ap.add_argument("--root", default=None, help="where the data lives (default: the local store, s3://beit3/bench/)")
+    ap.add_argument("--profile", metavar="PSTATS", default=None,
+                    help="instead of measuring: cProfile the loader in one process for --seconds, stats to this file")
     args = ap.parse_args(argv)
 
     if args.root is None:
@@ -245,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         args.root = f"s3://{store.DEFAULT_BUCKET}/bench/data_scale/rows-{args.rows}"
     grid = args.img_size // 16
     build(args.root, args.rows, side=args.image_side, shard_size=args.shard_size, grid=grid, codebook=8192)
+    if args.profile:
+        profile_loader(args.root, args.profile, batch=args.batch, seconds=args.seconds, img_size=args.img_size,
+                       targets=args.visual_targets)
+        return 0
     pool = image_pool(args.image_side)
 
     loads, limits, peaks = [], [], []

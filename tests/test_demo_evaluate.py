@@ -58,6 +58,23 @@ def test_loader_workers_sized_from_cores(cores, monkeypatch):
     assert evaluate.loader_workers(None) == 1
 
 
+def test_loader_workers_on_a_gpu_take_the_cores_torch_leaves(cores):
+    """On CUDA the cores only feed the GPU: all but the main process's, at most 8 (pretraining's default)."""
+    cores(2)
+    assert evaluate.loader_workers(None, "cuda") == 1
+    cores(16)
+    assert evaluate.loader_workers(None, "cuda") == 8
+    cores(1)
+    assert evaluate.loader_workers(None, "cuda") == 1 and evaluate.loader_workers(3, "cuda") == 3
+
+
+def test_pretraining_loader_workers_default_to_the_machine():
+    """`beit3 pretrain` no longer fixes 2 workers (issue 17: sized from the machine, not fixed)."""
+    from beit3train.pretrain import PretrainConfig
+
+    assert PretrainConfig.__dataclass_fields__["num_workers"].default is None
+
+
 def test_captioning_predictions_and_object_metric(synth, tmp_path, cores):
     from beit3core import data
     from beit3core.data.caption_objects import objects_named_percent

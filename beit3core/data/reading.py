@@ -105,12 +105,24 @@ def upright(img) -> None:
         raise ValueError(f"unreadable EXIF orientation ({type(e).__name__}: {stable_message(e)})") from None
 
 
+# Where Pillow's Image.getexif finds an orientation (EXIF as read, PNG's hex text chunk, XMP); TIFF-like images
+# carry theirs in tag_v2.
+_ORIENTATION_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _may_hold_orientation(img) -> bool:
+    """False when the decoded image has nowhere to hold an orientation: exif_transpose would then leave it as it is,
+    and skipping it saves parsing per image in the training loader."""
+    return hasattr(img, "tag_v2") or any(key in img.info for key in _ORIENTATION_INFO)
+
+
 def decode_image(data: bytes, where: str = "image"):
     """Decode image bytes into an upright (EXIF orientation applied) RGB PIL image."""
     try:
         img = Image.open(_pyio.BytesIO(data))
         img.load()
-        upright(img)
+        if _may_hold_orientation(img):
+            upright(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{where}: cannot decode image ({stable_message(e)})") from None
     return img.convert("RGB") if img.mode != "RGB" else img

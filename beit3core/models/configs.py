@@ -8,6 +8,9 @@ MODEL_CONFIGS: dict[str, dict] = {
     # CPU tests and the demo.
     "beit3_tiny_patch16_224": dict(depth=4, embed_dim=192, num_heads=3, mlp_dim=768),
     "beit3_tiny_patch8_64": dict(depth=4, embed_dim=192, num_heads=3, mlp_dim=768, img_size=64, patch_size=8),
+    # The demo's model (params.yaml): tiny's depth at 2/3 of its width, 16-px patches (4x4 per 64-px image), about
+    # 3x less compute a step than beit3_tiny_patch8_64 (docs/pretraining.md, "The demo's model").
+    "beit3_mini_patch16_64": dict(depth=4, embed_dim=128, num_heads=2, mlp_dim=512, img_size=64, patch_size=16),
     # microsoft/unilm beit3 `_get_base_config` / `_get_large_config`.
     "beit3_base_patch16_224": dict(depth=12, embed_dim=768, num_heads=12, mlp_dim=3072),
     "beit3_large_patch16_224": dict(depth=24, embed_dim=1024, num_heads=16, mlp_dim=4096),

@@ -25,10 +25,10 @@ from beit3core.tasks.beam_search import beam_search
 from beit3core.tasks.common import (
     backbone_dim,
     backbone_vocab_size,
-    eval_outputs,
     init_head_weights,
+    to_device,
 )
-from beit3core.tasks.data import Collator, unique_images
+from beit3core.tasks.data import Collator, ImageIndex, image_text_batches
 from beit3core.tasks.metrics import bleu4, cider_d
 
 NAME = "captioning"
@@ -177,10 +177,6 @@ def generate(model: CaptioningModel, images: torch.Tensor, *, bos_id: int, eos_i
 
 @torch.no_grad()
 def evaluate(model: CaptioningModel, ev) -> tuple[dict, list[dict]]:
-    images, owner = unique_images(ev.rows)
-    refs: list[list[str]] = [[] for _ in images]
-    for row, i in zip(ev.rows, owner.tolist()):
-        refs[i].append(row["caption"])
     s, tok = ev.settings, ev.tokenizer
 
     def captions(batch: dict) -> list[list[int]]:
@@ -188,9 +184,14 @@ def evaluate(model: CaptioningModel, ev) -> tuple[dict, list[dict]]:
                         banned=(tok.pad_id,), num_beams=s.num_beams, max_len=s.max_len,
                         length_penalty=s.length_penalty)
 
-    batches = eval_outputs(NAME, ev, Collator(), captions, rows=images, fields=("image",),
-                           desc="eval captioning (beam search)")
-    hyps = [tok.decode(ids) for _, out in batches for ids in out]
+    index, hyps = ImageIndex(), []
+    for _, batch in image_text_batches(NAME, ev.stream("eval captioning (beam search)"), index, uri=ev.uri,
+                                       img_size=s.img_size, batch_size=s.eval_batch_size):
+        hyps += [tok.decode(ids) for ids in captions(to_device(batch, ev.device))]
+    images = index.images
+    refs: list[list[str]] = [[] for _ in images]
+    for row, i in zip(index.rows, index.owner, strict=True):
+        refs[i].append(row["caption"])
     metrics = {"bleu4": 100.0 * bleu4(hyps, refs), "cider": 100.0 * cider_d(hyps, refs),
                "num_images": len(images)}
     samples = [{"images": [images[i]["image"]], "lines": [("generated", hyps[i])] +

@@ -81,5 +81,5 @@ def evaluate(model: ClassificationModel, ev) -> tuple[dict, list[dict]]:
                 samples.append({"images": [row["image"]], "lines": [("label", labels[gold]),
                                 ("predicted", labels[pred])], "ok": pred == gold})
     metrics = topk_accuracy(torch.cat(all_logits), torch.cat(all_labels), ks=(1, 5))
-    metrics["num_examples"] = len(ev.rows)
+    metrics["num_examples"] = ev.num_rows
     return metrics, samples

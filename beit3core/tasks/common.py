@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from beit3core.data.task_stream import Item, SplitSource, eval_plan, read_plan
 from beit3core.errors import UserError
 from beit3core.progress import progress_bar
-from beit3core.tasks.data import Collator, eval_loader
+from beit3core.tasks.data import Collator, eval_batches
 
 
 def backbone_dim(backbone: nn.Module) -> int:
@@ -71,12 +72,23 @@ class StepContext:
 
 
 class EvalContext:
-    """Inputs of a task's `evaluate`: the dataset, the split's rows, tokenizer, settings and device."""
+    """Inputs of a task's `evaluate`: the split (`source`, its first `max_rows` rows; 0: all), the dataset's
+    header, tokenizer, settings and device. `stream(desc)` reads the rows in order with their images' bytes."""
 
-    def __init__(self, *, uri: str, rows: list[dict], header: dict, tokenizer, settings, device,
+    def __init__(self, *, source: SplitSource, header: dict, tokenizer, settings, device, max_rows: int = 0,
                  num_samples: int = 8, progress: bool = True):
-        self.uri, self.rows, self.header, self.tokenizer = uri, rows, header, tokenizer
-        self.settings, self.device, self.num_samples, self.progress = settings, device, num_samples, progress
+        self.source, self.uri, self.max_rows, self.header = source, source.uri, max_rows, header
+        self.tokenizer, self.settings, self.device = tokenizer, settings, device
+        self.num_samples, self.progress = num_samples, progress
+
+    @property
+    def num_rows(self) -> int:
+        """The rows evaluated (dataset.json's counts: nothing is read)."""
+        return min(self.max_rows, self.source.rows) if self.max_rows else self.source.rows
+
+    def stream(self, desc: str) -> Iterator[Item]:
+        items = read_plan(self.source, eval_plan(self.source.sizes, self.max_rows))
+        return progress_bar(items, total=self.num_rows, desc=desc, unit="row", disable=not self.progress)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -85,11 +97,12 @@ def to_device(batch: dict, device) -> dict:
 
 @torch.no_grad()
 def eval_outputs(task: str, ev: EvalContext, collate: Collator, forward: Callable[[dict], object], *,
-                 rows: list[dict] | None = None, fields: tuple[str, ...] | None = None,
-                 desc: str | None = None) -> Iterator[tuple[dict, object]]:
-    """(batch on ev.device, forward(batch)) for each evaluation batch of `rows` (default ev.rows), in order."""
-    loader = eval_loader(task, ev.uri, ev.rows if rows is None else rows, collate, img_size=ev.settings.img_size,
-                         batch_size=ev.settings.eval_batch_size, fields=fields)
-    for batch in progress_bar(loader, desc=desc or f"eval {task}", disable=not ev.progress):
+                 fields: tuple[str, ...] | None = None, desc: str | None = None) -> Iterator[tuple[dict, object]]:
+    """(batch on ev.device, forward(batch)) for each evaluation batch of the split's rows, in order, with the
+    images of `fields` (default: every image field of the kind)."""
+    batches = eval_batches(task, ev.stream(desc or f"eval {task}"), collate, uri=ev.uri,
+                           img_size=ev.settings.img_size, batch_size=ev.settings.eval_batch_size,
+                           fields=ev.source.fields if fields is None else fields)
+    for batch in batches:
         batch = to_device(batch, ev.device)
         yield batch, forward(batch)

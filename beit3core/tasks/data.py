@@ -1,4 +1,5 @@
-"""Per-task datasets over validated task datasets (beit3core.data), image transforms and batch collation.
+"""Per-task data: the training stream and the evaluation batches over a task split read shard by shard
+(beit3core.data.task_stream), image transforms and batch collation.
 
 Image transforms (microsoft/unilm `beit3/datasets.py` build_transform / build_imagenet_transform, beit3.md
 section 9), switched by the task settings (`TrainAugment.of`):
@@ -16,14 +17,16 @@ Text goes through `TextTokenizer.encode_batch` ([<s>] + pieces + [</s>], padded 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from timm.data import create_transform
 from torchvision import transforms as T
 
 from beit3core import data
+from beit3core.data import task_stream
+from beit3core.data.task_stream import Item, SplitSource
 from beit3core.errors import UserError
 from beit3core.tasks.randaug import RandomAugment
 
@@ -52,6 +55,9 @@ class TrainAugment:
 
 def classification_train_transform(img_size: int, augment: TrainAugment) -> Callable:
     """timm `create_transform` with the released ImageNet arguments (run_beit3_finetuning.py flags)."""
+    # imported here, not at the top: timm's import costs every other task ~1 s
+    from timm.data import create_transform
+
     policy = augment.auto_augment if augment.auto_augment not in ("", "none") else None
     try:
         transform = create_transform(
@@ -104,34 +110,53 @@ def check_kind(uri: str, task: str) -> dict:
     return header
 
 
-class RowImages(torch.utils.data.Dataset):
-    """Rows of a split with their image fields decoded and transformed: {"row": row, field: tensor}."""
+def decoded(uri: str, row: dict, images: dict[str, bytes], transform: Callable) -> dict:
+    """A model item: {"row": row, field: its image decoded and transformed} for each field of `images`."""
+    item = {"row": row}
+    for f, encoded in images.items():
+        item[f] = transform(data.decode_image(encoded, f"{uri}/{row[f]}"))
+    return item
 
-    def __init__(self, uri: str, rows: list[dict], fields: tuple[str, ...], transform: Callable):
-        self.uri, self.rows, self.fields, self.transform = uri, rows, fields, transform
+
+class TrainRows(torch.utils.data.IterableDataset):
+    """One rank's share of a training split, one epoch per iteration (`set_epoch(e)` before it), streamed from
+    the split's shards by the plan of beit3core.data.task_stream: `steps` batches of `batch_size` rows an epoch,
+    items {"row": row, field: tensor} in the order of a seeded shuffle buffer. In a loader worker, each worker
+    reads its own block of the rank's batches."""
+
+    def __init__(self, source: SplitSource, transform: Callable, *, batch_size: int, seed: int, rank: int,
+                 world_size: int, shuffle_buffer: int):
+        per_rank = source.rows // world_size  # every rank the same steps: DDP needs matching collectives
+        self.source, self.transform, self.seed, self.rank = source, transform, seed, rank
+        self.batch_size = max(1, min(batch_size, per_rank))
+        self.steps = per_rank // self.batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.steps * self.batch_size
 
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        item = {"row": row}
-        for f in self.fields:
-            item[f] = self.transform(data.load_image(self.uri, row[f]))
-        return item
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = task_stream.train_plan(self.source.sizes, seed=self.seed, epoch=self.epoch, rank=self.rank,
+                                      steps=self.steps, batch=self.batch_size, worker=worker, workers=workers)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        for row, images in task_stream.shuffled(task_stream.read_plan(self.source, plan), self.shuffle_buffer, rng):
+            yield decoded(self.source.uri, row, images, self.transform)
 
 
-def unique_images(rows: list[dict]) -> tuple[list[dict], torch.Tensor]:
-    """One row per image_id (first seen), and for every row the index of its image in that list."""
-    first: dict[str, int] = {}
-    images, owner = [], []
-    for row in rows:
-        key = str(row["image_id"])
-        if key not in first:
-            first[key] = len(images)
-            images.append(row)
-        owner.append(first[key])
-    return images, torch.tensor(owner, dtype=torch.long)
+@dataclass
+class ImageIndex:
+    """What one evaluation pass keeps for the tasks that score each image once (retrieval, captioning): every
+    row, each image's first row (by `image_id`, in order of first use) and for every row the index of its image."""
+
+    rows: list[dict] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -162,27 +187,65 @@ class Collator:
         return batch
 
 
+DEFAULT_SHUFFLE_BUFFER = 2048  # rows: a few shards of real data; the demo's splits (~1000 rows) whole
+
+
 def train_loader(task: str, uri: str, split: str, collate: Collator, *, img_size: int, batch_size: int,
-                 augment: TrainAugment, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """Shuffled, drop_last batches of this rank's share of the split."""
+                 augment: TrainAugment, seed: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> torch.utils.data.DataLoader:
+    """drop_last batches of this rank's share of the split, streamed from its shards (`TrainRows`); call
+    `loader.dataset.set_epoch(e)` before each epoch."""
     header = check_kind(uri, task)
-    rows = data.read_rows(uri, split)
-    if not rows:
+    if shuffle_buffer < 1:
+        raise UserError(f"--shuffle-buffer: must be >= 1, got {shuffle_buffer}")
+    source = SplitSource(uri, split, header)
+    if not source.rows:
         raise UserError(f"{uri}: split {split!r} is empty")
-    # equal shares, so every rank runs the same number of steps per epoch (DDP needs matching collectives)
-    rows = rows[: len(rows) // world_size * world_size][rank::world_size]
-    ds = RowImages(uri, rows, data.image_fields(header),
-                   image_transform(task, img_size, True, augment))
-    gen = torch.Generator().manual_seed(seed + rank)
-    return torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
-                                       collate_fn=collate, generator=gen, num_workers=num_workers)
+    ds = TrainRows(source, image_transform(task, img_size, True, augment), batch_size=batch_size, seed=seed,
+                   rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer)
+    gen = torch.Generator().manual_seed(seed + rank)  # the loader workers' seeds (their augmentation draws)
+    return torch.utils.data.DataLoader(ds, batch_size=ds.batch_size, drop_last=True, collate_fn=collate,
+                                       generator=gen, num_workers=num_workers)
 
 
-def eval_loader(task: str, uri: str, rows: list[dict], collate: Callable, *, img_size: int, batch_size: int,
-                fields: tuple[str, ...] | None = None, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    header = check_kind(uri, task)
-    ds = RowImages(uri, rows, fields if fields is not None else data.image_fields(header),
-                   image_transform(task, img_size, False))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                                       num_workers=num_workers)
+def eval_batches(task: str, items: Iterable[Item], collate: Callable, *, uri: str, img_size: int, batch_size: int,
+                 fields: tuple[str, ...]) -> Iterator[dict]:
+    """Batches of `batch_size` rows of `items` in order, with the images of `fields` decoded and transformed."""
+    transform = image_transform(task, img_size, False)
+    chunk = []
+    for row, images in items:
+        chunk.append(decoded(uri, row, {f: images[f] for f in fields}, transform))
+        if len(chunk) == batch_size:
+            yield collate(chunk)
+            chunk = []
+    if chunk:
+        yield collate(chunk)
+
+
+def image_text_batches(task: str, items: Iterable[Item], index: ImageIndex, *, uri: str, img_size: int,
+                       batch_size: int, texts: Collator | None = None) -> Iterator[tuple[str, dict]]:
+    """One pass over `items`: ("images", batch) for every `batch_size` images met for the first time (by
+    `image_id`) and, with `texts`, ("texts", batch) for every `batch_size` rows (text only); fills `index`."""
+    transform = image_transform(task, img_size, False)
+    first: dict[str, int] = {}
+    pictures, rows = [], []
+    for row, images in items:
+        key = str(row["image_id"])
+        if key not in first:
+            first[key] = len(index.images)
+            index.images.append(row)
+            pictures.append(decoded(uri, row, {"image": images["image"]}, transform))
+        index.owner.append(first[key])
+        index.rows.append(row)
+        if texts is not None:
+            rows.append({"row": row})
+        if len(pictures) == batch_size:
+            yield "images", Collator()(pictures)
+            pictures = []
+        if len(rows) == batch_size:
+            yield "texts", texts(rows)
+            rows = []
+    if pictures:
+        yield "images", Collator()(pictures)
+    if rows:
+        yield "texts", texts(rows)

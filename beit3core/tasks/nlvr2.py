@@ -102,4 +102,4 @@ def evaluate(model: NLVR2Model, ev) -> tuple[dict, list[dict]]:
                 samples.append({"images": [row["image_left"], row["image_right"]], "lines": [
                     ("sentence", row["sentence"]), ("label", str(bool(gold))), ("predicted", str(bool(pred)))],
                     "ok": pred == gold})
-    return {"acc": 100.0 * correct / max(1, len(ev.rows)), "num_examples": len(ev.rows)}, samples
+    return {"acc": 100.0 * correct / max(1, ev.num_rows), "num_examples": ev.num_rows}, samples

@@ -4,7 +4,8 @@ Released as `BEiT3ForRetrieval`: two passes, image-only (vision CLS) and text-on
 projections `vision_head` / `language_head`, L2-normalised embeddings, and a learnable temperature
 `logit_scale` = log(1/0.07), used as exp() and never clamped. Loss: CLIP loss with the negatives gathered
 across ranks (all_gather with gradient), labels arange(N) + N*rank, (CE_i2t + CE_t2i) / 2.
-Evaluation: image embeddings de-duplicated by image_id, scores = img @ txt.T, recall@1/5/10 both directions.
+Evaluation: one pass over the split, image embeddings de-duplicated by image_id, scores = img @ txt.T,
+recall@1/5/10 both directions.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit3core.tasks.common import backbone_dim, eval_outputs, init_head_weights
-from beit3core.tasks.data import Collator, unique_images
+from beit3core.tasks.common import backbone_dim, init_head_weights, to_device
+from beit3core.tasks.data import Collator, ImageIndex, image_text_batches
 from beit3core.tasks.metrics import retrieval_recall
 
 NAME = "retrieval"
@@ -97,28 +98,30 @@ def loss(model: RetrievalModel, batch: dict, ctx) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: RetrievalModel, ev) -> tuple[dict, list[dict]]:
-    images, owner = unique_images(ev.rows)
-    img_batches = eval_outputs(NAME, ev, Collator(), lambda b: model.encode_image(b["image"]).float().cpu(),
-                               rows=images, fields=("image",), desc="eval retrieval images")
-    txt_batches = eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
-                               lambda b: model.encode_text(b["text_ids"], b["text_padding_mask"]).float().cpu(),
-                               fields=(), desc="eval retrieval texts")
-    img_emb = torch.cat([emb for _, emb in img_batches])
-    txt_emb = torch.cat([emb for _, emb in txt_batches])
-    scores = img_emb @ txt_emb.t()  # no logit scale, as released
+    index, img, txt = ImageIndex(), [], []
+    for kind, batch in image_text_batches(NAME, ev.stream("eval retrieval"), index, uri=ev.uri,
+                                          img_size=ev.settings.img_size, batch_size=ev.settings.eval_batch_size,
+                                          texts=collator(ev.tokenizer, ev.settings.max_len, ev.header)):
+        batch = to_device(batch, ev.device)
+        if kind == "images":
+            img.append(model.encode_image(batch["image"]).float().cpu())
+        else:
+            txt.append(model.encode_text(batch["text_ids"], batch["text_padding_mask"]).float().cpu())
+    images, rows, owner = index.images, index.rows, torch.tensor(index.owner, dtype=torch.long)
+    scores = torch.cat(img) @ torch.cat(txt).t()  # no logit scale, as released
     metrics = retrieval_recall(scores, owner)
-    metrics.update(num_images=len(images), num_texts=len(ev.rows))
+    metrics.update(num_images=len(images), num_texts=len(rows))
     samples = []
     for i in range(min(ev.num_samples // 2 or 1, len(images))):
         top = scores[i].topk(min(3, scores.shape[1])).indices.tolist()
         samples.append({"images": [images[i]["image"]], "lines": [("query", "image -> text")] + [
-            (f"#{r + 1}{' (match)' if int(owner[j]) == i else ''}", ev.rows[j]["caption"]) for r, j in enumerate(top)],
+            (f"#{r + 1}{' (match)' if int(owner[j]) == i else ''}", rows[j]["caption"]) for r, j in enumerate(top)],
             "ok": int(owner[top[0]]) == i})
-    for j in range(min(ev.num_samples - len(samples), len(ev.rows))):
-        j = j * max(1, len(ev.rows) // max(1, ev.num_samples))
+    for j in range(min(ev.num_samples - len(samples), len(rows))):
+        j = j * max(1, len(rows) // max(1, ev.num_samples))
         top = scores[:, j].topk(min(3, scores.shape[0])).indices.tolist()
         samples.append({"images": [images[i]["image"] for i in top], "lines": [
-            ("query", ev.rows[j]["caption"]), ("retrieved", "top images, best first"),
+            ("query", rows[j]["caption"]), ("retrieved", "top images, best first"),
             ("match", "#" + str(top.index(int(owner[j])) + 1) if int(owner[j]) in top else "not in top 3")],
             "ok": top[0] == int(owner[j])})
     return metrics, samples

@@ -109,4 +109,4 @@ def evaluate(model: VQAModel, ev) -> tuple[dict, list[dict]]:
                                 ("answers", common), ("predicted", answers[pred]), ("score", f"{score:.1f}")],
                                 "ok": score > 0})
     scores = torch.cat(scores)
-    return {"vqa_score": 100.0 * scores.mean().item(), "num_examples": len(ev.rows)}, samples
+    return {"vqa_score": 100.0 * scores.mean().item(), "num_examples": ev.num_rows}, samples

@@ -126,7 +126,8 @@ def vqkd_base_config(decoder_depth: int = 1, target_dim: int = 512, **overrides)
 
 
 def vqkd_tiny_config(img_size: int = 64, patch_size: int = 8, **overrides) -> VQKDConfig:
-    """The demo tokenizer: 8x8 = 64 tokens per 64 px image (matches `beit3_tiny_patch8_64`), 512 x 32 codes."""
+    """The small tokenizer: (img_size / patch_size)^2 tokens per image, 512 x 32 codes; the demo runs it at 64 px
+    with 16-px patches, the patch grid of its model `beit3_mini_patch16_64`."""
     values = dict(
         img_size=img_size, patch_size=patch_size, embed_dim=128, depth=2, num_heads=4, decoder_embed_dim=128,
         decoder_depth=1, decoder_num_heads=4, codebook_size=512, code_dim=32, target_dim=3 * patch_size**2,

@@ -3,7 +3,10 @@ dataset.json. Streams from the dataset's on-disk store: memory does not grow wit
 
 A split is written in two passes over its clean rows (held by the store, in file order): the first gives each
 image its place among the split's samples (order of first use) and writes `<split>.jsonl` with the shard
-references, the second writes the samples, each image once with the rows whose first image it is.
+references, the second writes the samples, each image once with the rows whose first image it is. A sample
+also carries a copy of every other image its rows use (NLVR2's right image, packed as another sample), stored
+as `<key>.<that image's member>`, so a row and all its images come with one sequential read of one shard
+(beit3core.data.task_stream); `validation.image_copies` counts them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from beit3core.data.validation.store import DatasetStore
 from beit3core.errors import UserError
 
 IMAGES_PER_BATCH = 256  # images read (in parallel) and packed at a time
+COPIES_SEP = "\n"  # in the store, between a row's line (JSON, ASCII: no newline) and the images its sample copies
 
 
 def write_dataset(src: str, dst: str, d: DatasetReport, store: DatasetStore, *, shard_size: int,
@@ -35,7 +39,7 @@ def write_dataset(src: str, dst: str, d: DatasetReport, store: DatasetStore, *, 
     os.makedirs(dst, exist_ok=True)
     spec = formats.kind_spec(d.header["kind"])
     size = shard_size if spec.image_fields else text_shard_size
-    packer = _SplitPacker(src, ShardWriter(os.path.join(dst, formats.SHARD_DIR), size), store, workers, chunk_rows)
+    packer = _SplitPacker(src, _SampleWriter(os.path.join(dst, formats.SHARD_DIR), size), store, workers, chunk_rows)
     shards = {}
     for split in d.header["splits"]:  # shards numbered in split order
         with open(os.path.join(dst, formats.split_file(split)), "w", encoding="utf-8") as f:
@@ -46,7 +50,8 @@ def write_dataset(src: str, dst: str, d: DatasetReport, store: DatasetStore, *, 
     header["format_version"] = formats.VALIDATED_FORMAT
     header["validation"] = {"rows": d.rows, "clean": d.clean, "quarantined": d.rows - d.clean,
                             "max_reject_fraction": max_reject_fraction, "shard_size": size, "shards": shards,
-                            "images": packer.images_packed, "gx_success": d.gx["success"] if d.gx else None}
+                            "images": packer.images_packed, "image_copies": packer.images_copied,
+                            "gx_success": d.gx["success"] if d.gx else None}
     header["validated"] = True
     header["source_fingerprint"] = _source_fingerprint(metadata, store)
     with open(os.path.join(dst, formats.HEADER), "w", encoding="utf-8") as f:
@@ -76,15 +81,27 @@ def sample_json(meta: dict, row_lines: list[str]) -> bytes:
     return (head[:-1] + (", " if meta else "") + '"rows": [' + ", ".join(row_lines) + "]}").encode()
 
 
+class _SampleWriter(ShardWriter):
+    """A ShardWriter whose samples may carry more files: `<key>.<name>` members after the sample's own."""
+
+    def add_sample(self, key: str, image: bytes | None, ext: str, text: str, meta: bytes,
+                   extra: dict[str, bytes]) -> str:
+        member = self.add(key, image, ext, text, meta)
+        for name, data in extra.items():  # add() starts a new shard only before a sample: these stay with it
+            self._put(f"{key}.{name}", data)
+        return member
+
+
 class _SplitPacker:
     """Packs one split at a time; counts each shard's samples and rows for `validation.shards`."""
 
-    def __init__(self, src: str, writer: ShardWriter, store: DatasetStore, workers: int, chunk_rows: int):
+    def __init__(self, src: str, writer: _SampleWriter, store: DatasetStore, workers: int, chunk_rows: int):
         self.src, self.writer, self.store, self.workers = src, writer, store, max(1, workers)
         self.chunk_rows = chunk_rows
         self.reader = ShardReader(src)
         self.keys = 0  # sample keys run on across splits: a key names one sample of the dataset
         self.images_packed = 0
+        self.images_copied = 0  # images stored again in a sample whose rows use them (see the module docstring)
         self._counts: dict[str, dict] = {}
 
     def pack(self, split: str, jsonl) -> None:
@@ -103,9 +120,12 @@ class _SplitPacker:
             exts = {ref: res.ext for ref, res in self.store.images(list(places)).items()}
             written = []
             for seq, row in rows:
-                line = _line({**row, **{f: self._ref(places[row[f]], exts[row[f]]) for f in fields}})
+                refs = {f: self._ref(places[row[f]], exts[row[f]]) for f in fields}
+                line = _line({**row, **refs})
                 jsonl.write(line + "\n")
-                written.append((places[row[fields[0]]], seq, line))
+                first = places[row[fields[0]]]
+                copies = {formats.parse_shard_ref(refs[f])[1]: row[f] for f in fields[1:] if places[row[f]] != first}
+                written.append((first, seq, line + (COPIES_SEP + json.dumps(copies) if copies else "")))
             self.store.add_packed(split, written)
         self._samples(split)
 
@@ -114,7 +134,8 @@ class _SplitPacker:
         return formats.shard_ref(f"{formats.SHARD_DIR}/{self.writer.ahead(ordinal)}", f"{self.keys + ordinal + 1:09d}.{ext}")
 
     def _samples(self, split: str) -> None:
-        """Each image of the split once, in order of first use, with the rows whose first image it is."""
+        """Each image of the split once, in order of first use, with the rows whose first image it is and copies of
+        the other images those rows use."""
         caption = "caption" if any(tf.name == "caption" for tf in self.store.spec.text_fields) else None
         carried = _grouped(self.store.packed(split))
         pending = next(carried, None)
@@ -122,22 +143,31 @@ class _SplitPacker:
             for batch in self.store.placed_batches(split, IMAGES_PER_BATCH):
                 refs = [ref for ref, _ in batch]
                 results = self.store.images(refs)
-                for (ref, n), data in zip(batch, pool.map(self._bytes, refs), strict=True):
+                carried_rows = []
+                for _, n in batch:
                     mine = []
                     if pending is not None and pending[0] == n:
                         mine, pending = pending[1], next(carried, None)
+                    carried_rows.append(_rows_and_copies(mine))
+                copies = pool.map(self._bytes, [src for _, c in carried_rows for src in c.values()])
+                for (ref, n), data, (mine, copied) in zip(batch, pool.map(self._bytes, refs), carried_rows,
+                                                          strict=True):
                     res = results[ref]
+                    extra = {name: next(copies) for name in copied}
                     member = self._add(data, res.ext, json.loads(mine[0]).get(caption, "") if mine and caption else "",
                                        {"source": gx_value(ref), "width": res.width, "height": res.height,
-                                        "split": split}, mine)
+                                        "split": split}, mine, extra)
                     if member != f"{self.keys:09d}.{res.ext}":  # the references already written say so
                         raise AssertionError(f"{ref}: packed as {member}")
                     self.images_packed += 1
+                    self.images_copied += len(extra)
 
-    def _add(self, image: bytes | None, ext: str, text: str, meta: dict, row_lines: list[str]) -> str:
+    def _add(self, image: bytes | None, ext: str, text: str, meta: dict, row_lines: list[str],
+             extra: dict[str, bytes] | None = None) -> str:
         self.keys += 1
         key = f"{self.keys:09d}"
-        member = self.writer.add(key, image, ext, text, sample_json({"key": key, **meta}, row_lines))
+        member = self.writer.add_sample(key, image, ext, text, sample_json({"key": key, **meta}, row_lines),
+                                        extra or {})
         c = self._counts.setdefault(self.writer.current, {"samples": 0, "rows": 0})
         c["samples"] += 1
         c["rows"] += len(row_lines)
@@ -162,3 +192,14 @@ def _grouped(pairs: Iterator[tuple[int, str]]) -> Iterator[tuple[int, list[str]]
     """(ordinal, [lines]) from (ordinal, line) pairs sorted by ordinal."""
     for n, group in itertools.groupby(pairs, key=lambda p: p[0]):
         yield n, [line for _, line in group]
+
+
+def _rows_and_copies(entries: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The row lines of a sample as the store keeps them, and {member: source ref} of the images it copies."""
+    lines, copies = [], {}
+    for entry in entries:
+        line, _, copied = entry.partition(COPIES_SEP)
+        lines.append(line)
+        if copied:
+            copies.update(json.loads(copied))
+    return lines, copies
