@@ -24,17 +24,16 @@ import torch
 from PIL import Image, ImageEnhance
 
 from beit3core.errors import UserError
-from beit3core.tokenizers.visual import image_to_uint8, write_chw
+from beit3core.tokenizers.visual import image_to_uint8
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # timm / BEiT RandomResizedCrop aspect-ratio range
 MIN_CROP_SCALE = 0.2  # beit2/PRETRAINING.md --min_crop_scale 0.2
 COLOR_JITTER = 0.4  # beit2 run_beitv2_pretraining.py --color_jitter 0.4 (brightness, contrast, saturation; no hue)
 
 
-def precomputed_view(img: Image.Image, img_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The un-augmented view (bicubic resize to img_size, aspect ratio not kept): what `tokenize visual` encodes.
-    `out`: a uint8 (3, img_size, img_size) tensor (a row of a batch) to write it into, returned."""
-    return image_to_uint8(img, img_size, out)
+def precomputed_view(img: Image.Image, img_size: int) -> torch.Tensor:
+    """The un-augmented view (bicubic resize to img_size, aspect ratio not kept): what `tokenize visual` encodes."""
+    return image_to_uint8(img, img_size)
 
 
 def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random.Generator,
@@ -74,6 +73,10 @@ def color_jitter(img: Image.Image, order: np.ndarray, factors: np.ndarray) -> Im
     return img
 
 
+def _to_uint8(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
 class PretrainAugment:
     """`(model view uint8 (3, S, S), tokenizer view uint8 (3, S_t, S_t))` of one colour-jittered, flipped random
     resized crop, resized (bicubic) to each size. Deterministic given the Generator's state."""
@@ -89,9 +92,7 @@ class PretrainAugment:
         self.img_size, self.tokenizer_img_size = img_size, tokenizer_img_size
         self.scale, self.hflip, self.color_jitter = (float(scale[0]), float(scale[1])), hflip, color_jitter
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator,
-                 out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two views; `out`: (model view, tokenizer view) tensors (rows of batches) to write them into."""
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         img = img.convert("RGB") if img.mode != "RGB" else img
         # the draws come in BEiT's order (jitter, flip, crop), so the rng state alone fixes the views
         jitter = jitter_params(self.color_jitter, rng) if self.color_jitter > 0 else None
@@ -107,15 +108,7 @@ class PretrainAugment:
             # BEiT sizes; contrast pulls towards the crop's mean grey rather than the whole image's
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else view
             views[size] = color_jitter(view, *jitter) if jitter else view
-        model_out, tokenizer_out = out or (None, None)
-        model_view = write_chw(views[self.img_size], model_out)
-        if self.tokenizer_img_size != self.img_size:
-            return model_view, write_chw(views[self.tokenizer_img_size], tokenizer_out)
-        # one view: a plain copy of its pixels (numpy: one thread, like write_chw), not a second conversion out of PIL
-        if tokenizer_out is None:
-            return model_view, torch.from_numpy(model_view.numpy().copy())
-        np.copyto(tokenizer_out.numpy(), model_view.numpy())
-        return model_view, tokenizer_out
+        return _to_uint8(views[self.img_size]), _to_uint8(views[self.tokenizer_img_size])
 
     def __repr__(self) -> str:
         return (f"PretrainAugment(img_size={self.img_size}, tokenizer_img_size={self.tokenizer_img_size}, "

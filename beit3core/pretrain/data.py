@@ -24,7 +24,6 @@ tokenizer did (bicubic to img_size, `augment.precomputed_view`); `on-the-fly` au
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -190,32 +189,6 @@ def text_inputs(seqs: list[np.ndarray], ratio: float, mask_id: int, rngs: list[n
             "text_labels": torch.from_numpy(labels)}
 
 
-def batch_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
-    """Empty tensors of these (shape, dtype) to write a batch into. In a loader worker they lie in one shared-memory
-    segment, as torch's default_collate allocates its batches: sending them to the main process then copies
-    nothing (a tensor in private memory is copied into a new segment on the way) and passes one file
-    descriptor, not one per tensor. In the main process they are ordinary tensors."""
-    if get_worker_info() is None:
-        return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
-    offsets, end = [], 0
-    for shape, dtype in specs:
-        offset = -(-end // 8) * 8  # every view starts 8-byte aligned
-        offsets.append(offset)
-        end = offset + math.prod(shape) * dtype.itemsize
-    storage = torch.UntypedStorage._new_shared(max(end, 1))
-    return [torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
-            for (shape, dtype), offset in zip(specs, offsets)]
-
-
-def _in_one_segment(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same tensors copied into one block (`batch_tensors`): the small ones of a worker's batch part."""
-    blocks = batch_tensors([(tuple(t.shape), t.dtype) for t in tensors.values()])
-    return {key: block.copy_(t) for (key, t), block in zip(tensors.items(), blocks)}
-
-
-_IMAGES = ("image", "tokenizer_image")  # written into shared memory as they are made
-
-
 class SampleMaker:
     """Turns rows into model inputs: decodes and views images, tokenizes and masks texts, draws image masks.
     Holds the text tokenizer's bytes and builds the tokenizer in the process that uses it."""
@@ -246,19 +219,16 @@ class SampleMaker:
             self._block_mask = BlockMaskGenerator((g, g), count, min_num=min(_min_block(g * g), max(count, 1)))
         return self._block_mask(rng).reshape(-1).astype(bool)
 
-    def views(self, img, key: list[int], out: tuple[torch.Tensor, torch.Tensor | None] = (None, None)
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the model's view, the tokenizer's view or None) of a decoded image; `out`: rows of batch tensors to
-        write them into (the tokenizer's for on-the-fly targets only)."""
+    def views(self, img, key: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the model's view, the tokenizer's view or None) of a decoded image."""
         from beit3core.pretrain.augment import PretrainAugment, precomputed_view
 
         m = self.masking
         if self.visual_targets == "precomputed":
-            return precomputed_view(img, m.img_size, out[0]), None
+            return precomputed_view(img, m.img_size), None
         if self._augment is None:
             self._augment = PretrainAugment(m.img_size, m.tokenizer_img_size or m.img_size)
-        rng = np.random.default_rng([*key, _AUGMENT_DRAW])
-        return self._augment(img, rng, out if out[0] is not None else None)
+        return self._augment(img, np.random.default_rng([*key, _AUGMENT_DRAW]))
 
     def batch(self, name: str, items: list[tuple[RowKey, LoadedShard]]) -> dict[str, torch.Tensor]:
         """The inputs and targets of `items` of stream `name`; a row's image mask is drawn first, then its
@@ -273,27 +243,23 @@ class SampleMaker:
             field = TEXT_FIELDS[name]
             seqs = [self.text_ids(shard.rows[k.row][field]) for k, shard in items]
             out.update(text_inputs(seqs, m.text_ratio if name == "texts" else m.pair_text_ratio, m.mask_id, rngs))
-        if get_worker_info() is not None:  # the masks, labels and texts: one more segment, not one each
-            out.update(_in_one_segment({k: t for k, t in out.items() if k not in _IMAGES}))
         return out
 
     def _image_inputs(self, items, keys, rngs) -> dict[str, torch.Tensor]:
-        m, n = self.masking, len(items)
-        # each view is written straight into its row of the batch: no per-image tensors, no stack
-        on_the_fly, side = self.visual_targets != "precomputed", m.tokenizer_img_size or m.img_size
-        shapes = [(n, 3, m.img_size, m.img_size)] + ([(n, 3, side, side)] if on_the_fly else [])
-        views = batch_tensors([(shape, torch.uint8) for shape in shapes])
-        images, tokenizer_images = views[0], views[1] if on_the_fly else None
-        labels = []
-        for j, ((k, shard), key) in enumerate(zip(items, keys)):
+        model_views, tokenizer_views, labels = [], [], []
+        for (k, shard), key in zip(items, keys):
             sample = shard.keys[k.row]
             img = data.decode_image(_image_file(shard, k.row), f"{shard.uri}#{sample}")
-            self.views(img, key, (images[j], None if tokenizer_images is None else tokenizer_images[j]))
-            if tokenizer_images is None:
+            view, tokenizer_view = self.views(img, key)
+            model_views.append(view)
+            if tokenizer_view is not None:
+                tokenizer_views.append(tokenizer_view)
+            else:
                 labels.append(_labels(shard, sample))
-        out = {"image": images, "image_mask": torch.from_numpy(np.stack([self.image_mask(g) for g in rngs]))}
-        if tokenizer_images is not None:
-            out["tokenizer_image"] = tokenizer_images
+        out = {"image": torch.stack(model_views),
+               "image_mask": torch.from_numpy(np.stack([self.image_mask(g) for g in rngs]))}
+        if tokenizer_views:
+            out["tokenizer_image"] = torch.stack(tokenizer_views)
         else:
             out["image_labels"] = torch.from_numpy(np.stack(labels).astype(np.int64))
         return out
@@ -389,10 +355,8 @@ def _pad_to(t: torch.Tensor, width: int, value) -> torch.Tensor:
 _PAD = {"text_ids": PAD_ID, "text_labels": IGNORE, "text_padding_mask": True}
 
 
-def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]], *, pin: bool = False
-               ) -> dict[str, dict[str, torch.Tensor]]:
-    """One step's batch from its parts (in lane order): rows concatenated, texts padded to the widest; `pin`:
-    concatenated straight into page-locked memory (for an asynchronous copy to the accelerator)."""
+def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
+    """One step's batch from its parts (in lane order): rows concatenated, texts padded to the widest."""
     if len(parts) == 1:
         return parts[0]
     out = {}
@@ -403,9 +367,7 @@ def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]], *, pin: bool = F
             if key in _PAD:
                 width = max(t.shape[1] for t in tensors)
                 tensors = [_pad_to(t, width, _PAD[key]) for t in tensors]
-            rows = sum(t.shape[0] for t in tensors)
-            joined = torch.empty((rows, *tensors[0].shape[1:]), dtype=tensors[0].dtype, pin_memory=pin)
-            out[name][key] = torch.cat(tensors, out=joined)
+            out[name][key] = torch.cat(tensors)
     return out
 
 
@@ -413,8 +375,8 @@ class StepBatches:
     """(step, batch) from a DataLoader over LaneBatches: the DataLoader hands the workers' items round-robin,
     so each step's parts arrive together, in worker (= lane) order."""
 
-    def __init__(self, loader: DataLoader, parts: int, *, pin: bool = False):
-        self.parts, self.pin = max(parts, 1), pin
+    def __init__(self, loader: DataLoader, parts: int):
+        self.parts = max(parts, 1)
         self._items = iter(loader)  # created now: the iterator draws its base seed from the global RNG
 
     def __iter__(self):
@@ -425,7 +387,7 @@ class StepBatches:
         step = got[0][0]
         if [(s, p) for s, p, _ in got] != [(step, k) for k in range(self.parts)]:
             raise RuntimeError(f"data loader delivered parts {[(s, p) for s, p, _ in got]} for one step")
-        return step, join_parts([b for _, _, b in got], pin=self.pin)
+        return step, join_parts([b for _, _, b in got])
 
 
 def lane_loader(sources: dict[str, StreamSource], batch_sizes: dict[str, int], masking: MaskingConfig, *,
@@ -438,13 +400,9 @@ def lane_loader(sources: dict[str, StreamSource], batch_sizes: dict[str, int], m
                  {k: v * layout.world_size for k, v in batch_sizes.items() if v > 0})
     maker = SampleMaker(masking, seed=seed, text_tokenizer=text_tokenizer, visual_targets=visual_targets)
     dataset = LaneBatches(sources, batch_sizes, maker, layout, start_step=start_step, total_steps=total_steps)
-    # parts of several workers are pinned once, as they are joined: pinning each part first (the DataLoader's
-    # pin thread) would copy every batch twice and leave the joined batch in pageable memory
-    # (without an accelerator nothing is pinned, as the DataLoader decides)
-    joined = layout.workers > 1
-    loader = DataLoader(dataset, batch_size=None, num_workers=layout.workers, pin_memory=pin_memory and not joined,
+    loader = DataLoader(dataset, batch_size=None, num_workers=layout.workers, pin_memory=pin_memory,
                         prefetch_factor=4 if layout.workers else None, persistent_workers=False)
-    return StepBatches(loader, layout.workers, pin=pin_memory and joined and torch.accelerator.is_available())
+    return StepBatches(loader, layout.workers)
 
 
 def open_loader(data: str, text_tokenizer: str, visual_tokens: str, *, batch_sizes: dict[str, int],

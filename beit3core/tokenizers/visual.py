@@ -43,23 +43,12 @@ CONFIG_FILE = "config.json"
 
 
 # -- images -------------------------------------------------------------------------------------------------------
-def image_to_uint8(img, img_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """PIL image -> uint8 tensor (3, img_size, img_size): RGB, bicubic resize (aspect ratio not kept). `out`: a
-    uint8 (3, img_size, img_size) tensor to write it into instead (a row of a batch), returned."""
+def image_to_uint8(img, img_size: int) -> torch.Tensor:
+    """PIL image -> uint8 tensor (3, img_size, img_size): RGB, bicubic resize (aspect ratio not kept)."""
     img = img.convert("RGB") if img.mode != "RGB" else img
     if img.size != (img_size, img_size):
         img = img.resize((img_size, img_size), Image.BICUBIC)
-    return write_chw(img, out)
-
-
-def write_chw(img, out: torch.Tensor | None = None) -> torch.Tensor:
-    """An RGB PIL image as uint8 (3, H, W), written into `out` when given: one copy out of PIL (its RGB pixels
-    are 4 bytes wide), then one transposing copy into the result."""
-    hwc = np.asarray(img, dtype=np.uint8)
-    if out is None:
-        return torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))
-    np.copyto(out.numpy(), hwc.transpose(2, 0, 1))
-    return out
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))  # one copy
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
