@@ -243,9 +243,11 @@ def up(data_dir: str = DEFAULT_DIR, *, s3_port: int | None = None, bucket: str =
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config_path}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
-        # -volume.max=0: as many 256 MB volumes as the disk has room for (weed server -h); a fixed count capped
-        # the store at 16 GB, which the loader benchmark's 400k-row collection alone fills.
-        "-master.volumeSizeLimitMB=256", "-volume.max=0", "-volume.preStopSeconds=0",
+        # Up to 1000 volumes of 256 MB (created as they fill, so the disk is the real bound): 64 capped the store
+        # at 16 GB, which the loader benchmark's 400k-row collection alone fills. Not 0 ("auto" in weed server -h):
+        # that divides the free disk by the volume server's own 30 GB default size, so below 30 GB free it
+        # allows no volume and every write fails with an internal error.
+        "-master.volumeSizeLimitMB=256", "-volume.max=1000", "-volume.preStopSeconds=0",
     ]
     log_file = open(os.path.join(data_dir, "weed.log"), "ab")  # noqa: SIM115 - the server keeps it
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
