@@ -205,14 +205,18 @@ def decode_limit(pool: list[bytes], size: int, processes: int, seconds: float) -
         return done / (time.perf_counter() - started)
 
 
-def loader_rate(root: str, *, batch: int, workers: int, seconds: float, img_size: int, targets: str) -> dict:
+def _batches(root: str, *, batch: int, workers: int, img_size: int, targets: str):
+    """The trainer's loader (pairs stream only) over the collection at `root`, as an endless batch iterator."""
     from beit3core.pretrain.data import open_loader
 
+    return iter(open_loader(data=io.join(root, "data"), text_tokenizer=io.join(root, "tokens_text"),
+                            visual_tokens=io.join(root, "tokens_visual"), batch_sizes={"pairs": batch},
+                            num_workers=workers, img_size=img_size, total_steps=10**9, visual_targets=targets))
+
+
+def loader_rate(root: str, *, batch: int, workers: int, seconds: float, img_size: int, targets: str) -> dict:
     started = time.perf_counter()
-    batches = iter(open_loader(data=io.join(root, "data"), text_tokenizer=io.join(root, "tokens_text"),
-                               visual_tokens=io.join(root, "tokens_visual"), batch_sizes={"pairs": batch},
-                               num_workers=workers, img_size=img_size, total_steps=10**9,
-                               visual_targets=targets))
+    batches = _batches(root, batch=batch, workers=workers, img_size=img_size, targets=targets)
     next(batches)
     first = time.perf_counter() - started
     n, t0 = 0, time.perf_counter()
@@ -231,11 +235,7 @@ def profile_loader(root: str, path: str, *, batch: int, seconds: float, img_size
     import cProfile
     import pstats
 
-    from beit3core.pretrain.data import open_loader
-
-    batches = iter(open_loader(data=io.join(root, "data"), text_tokenizer=io.join(root, "tokens_text"),
-                               visual_tokens=io.join(root, "tokens_visual"), batch_sizes={"pairs": batch},
-                               num_workers=0, img_size=img_size, total_steps=10**9, visual_targets=targets))
+    batches = _batches(root, batch=batch, workers=0, img_size=img_size, targets=targets)
     next(batches)
     profiler, n, t0 = cProfile.Profile(), 0, time.perf_counter()
     profiler.enable()

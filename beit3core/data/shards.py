@@ -113,9 +113,11 @@ class ShardWriter:
         """The shard the `n`-th next sample (0: the next one) will go to."""
         return shard_name(self.index + (self._count + n) // self.shard_size)
 
-    def add(self, key: str, image: bytes | None, ext: str = "jpg", text: str = "", meta: dict | bytes | None = None) -> str:
+    def add(self, key: str, image: bytes | None, ext: str = "jpg", text: str = "", meta: dict | bytes | None = None,
+            extra: dict[str, bytes] | None = None) -> str:
         """Add one sample; its image member name (its `.txt` member for a text sample, `image=None`). `meta`
-        is the `.json` member: a dict (written with `key`), or its bytes as they are."""
+        is the `.json` member: a dict (written with `key`), or its bytes as they are. `extra`: more files of the
+        sample, as `<key>.<name>` members after its own (in the same shard)."""
         if self._count >= self.shard_size:
             self.flush()
         member = f"{key}.{ext}" if image is not None else f"{key}.txt"
@@ -125,6 +127,8 @@ class ShardWriter:
         if not isinstance(meta, bytes):
             meta = json.dumps({"key": key, **(meta or {})}, sort_keys=True).encode()
         self._put(f"{key}.json", meta)
+        for name, data in (extra or {}).items():
+            self._put(f"{key}.{name}", data)
         self._count += 1
         return member
 

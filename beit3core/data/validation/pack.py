@@ -39,7 +39,7 @@ def write_dataset(src: str, dst: str, d: DatasetReport, store: DatasetStore, *, 
     os.makedirs(dst, exist_ok=True)
     spec = formats.kind_spec(d.header["kind"])
     size = shard_size if spec.image_fields else text_shard_size
-    packer = _SplitPacker(src, _SampleWriter(os.path.join(dst, formats.SHARD_DIR), size), store, workers, chunk_rows)
+    packer = _SplitPacker(src, ShardWriter(os.path.join(dst, formats.SHARD_DIR), size), store, workers, chunk_rows)
     shards = {}
     for split in d.header["splits"]:  # shards numbered in split order
         with open(os.path.join(dst, formats.split_file(split)), "w", encoding="utf-8") as f:
@@ -81,21 +81,10 @@ def sample_json(meta: dict, row_lines: list[str]) -> bytes:
     return (head[:-1] + (", " if meta else "") + '"rows": [' + ", ".join(row_lines) + "]}").encode()
 
 
-class _SampleWriter(ShardWriter):
-    """A ShardWriter whose samples may carry more files: `<key>.<name>` members after the sample's own."""
-
-    def add_sample(self, key: str, image: bytes | None, ext: str, text: str, meta: bytes,
-                   extra: dict[str, bytes]) -> str:
-        member = self.add(key, image, ext, text, meta)
-        for name, data in extra.items():  # add() starts a new shard only before a sample: these stay with it
-            self._put(f"{key}.{name}", data)
-        return member
-
-
 class _SplitPacker:
     """Packs one split at a time; counts each shard's samples and rows for `validation.shards`."""
 
-    def __init__(self, src: str, writer: _SampleWriter, store: DatasetStore, workers: int, chunk_rows: int):
+    def __init__(self, src: str, writer: ShardWriter, store: DatasetStore, workers: int, chunk_rows: int):
         self.src, self.writer, self.store, self.workers = src, writer, store, max(1, workers)
         self.chunk_rows = chunk_rows
         self.reader = ShardReader(src)
@@ -166,8 +155,7 @@ class _SplitPacker:
              extra: dict[str, bytes] | None = None) -> str:
         self.keys += 1
         key = f"{self.keys:09d}"
-        member = self.writer.add_sample(key, image, ext, text, sample_json({"key": key, **meta}, row_lines),
-                                        extra or {})
+        member = self.writer.add(key, image, ext, text, sample_json({"key": key, **meta}, row_lines), extra)
         c = self._counts.setdefault(self.writer.current, {"samples": 0, "rows": 0})
         c["samples"] += 1
         c["rows"] += len(row_lines)
