@@ -131,3 +131,19 @@ def test_label_on_device_replaces_the_tokenizer_view_with_its_codes():
     assert out is batch and set(batch["images"]) == {"image", "image_labels"}
     assert torch.equal(batch["images"]["image_labels"], vt.encode(views)) and batch["images"]["image_labels"].shape == (3, 4)
     assert set(batch["texts"]) == {"text_ids"}
+
+
+def test_put_chw_writes_what_image_to_uint8_makes():
+    """The loader writes each view into its batch row band by band; the row is the (3, H, W) tensor the
+    tokenize stage makes of the same image."""
+    from PIL import Image
+
+    from beit3core.pretrain.augment import put_chw
+    from beit3core.tokenizers.visual import image_to_uint8
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    rows = np.zeros((2, 3, 24, 24), dtype=np.uint8)
+    put_chw(rows[1], img)
+    assert np.array_equal(rows[1], image_to_uint8(img, 24).numpy())
+    assert not rows[0].any()

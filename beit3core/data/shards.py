@@ -197,7 +197,50 @@ def iter_tar(uri: str) -> Iterator[tuple[str, bytes]]:
 def tar_members(data: bytes, uri: str) -> Iterator[tuple[str, bytes]]:
     """(member, bytes) of every file in a tar already read whole (`uri` names it in errors)."""
     _refuse_compressed(uri, data[:2])
+    plain = _plain_members(data)
+    if plain is not None:
+        yield from plain
+        return
     yield from _tar_members(_pyio.BytesIO(data), uri, "r:")
+
+
+_ZERO_BLOCK = bytes(BLOCK)
+_FILE_TYPES = (b"0", b"\0")  # regular files (REGTYPE, AREGTYPE)
+_SKIPPED_TYPES = (b"5",)  # directories: no bytes, nothing to yield
+
+
+def _plain_members(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The members of a tar whose headers are all plain (ustar or GNU: regular files and directories with
+    names that fit the header, octal sizes, valid checksums), read straight from the header fields; None for
+    anything else (pax or GNU long-name records, links, a damaged header, a truncated member), which
+    `tarfile` then reads or refuses with its own message. tarfile takes ~3x as long over a 1000-sample
+    shard (93 vs 32 ms here), and pretraining parses every shard it reads on the cores that decode images."""
+    out, pos, end = [], 0, len(data)
+    while pos + BLOCK <= end:
+        header = data[pos:pos + BLOCK]
+        if header == _ZERO_BLOCK:
+            return out
+        kind = header[156:157]
+        size_field = header[124:136]
+        if kind not in _FILE_TYPES + _SKIPPED_TYPES or size_field[0] & 0x80:
+            return None
+        # tarfile's check: the unsigned sum of the header with the checksum field read as 8 spaces
+        try:
+            if int(header[148:156].rstrip(b"\0 ") or b"-1", 8) != sum(header) - sum(header[148:156]) + 256:
+                return None
+            size = int(size_field.rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            return None
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:265] == b"ustar\x0000" and header[345] != 0:  # POSIX ustar: a prefix before the name
+            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+        start = pos + BLOCK
+        if start + size > end:
+            return None
+        if kind in _FILE_TYPES:
+            out.append((name.decode("utf-8", "surrogateescape"), data[start:start + size]))
+        pos = start + -(-size // BLOCK) * BLOCK
+    return out if pos >= end else None
 
 
 def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from beit3core.errors import UserError
-from beit3core.tokenizers.visual import image_to_uint8
+from beit3core.tokenizers.visual import image_to_uint8, resized_rgb
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # timm / BEiT RandomResizedCrop aspect-ratio range
 MIN_CROP_SCALE = 0.2  # beit2/PRETRAINING.md --min_crop_scale 0.2
@@ -34,6 +34,18 @@ COLOR_JITTER = 0.4  # beit2 run_beitv2_pretraining.py --color_jitter 0.4 (bright
 def precomputed_view(img: Image.Image, img_size: int) -> torch.Tensor:
     """The un-augmented view (bicubic resize to img_size, aspect ratio not kept): what `tokenize visual` encodes."""
     return image_to_uint8(img, img_size)
+
+
+def precomputed_pil(img: Image.Image, img_size: int) -> Image.Image:
+    """`precomputed_view` before its conversion to a tensor: the RGB PIL image."""
+    return resized_rgb(img, img_size)
+
+
+def put_chw(dst: np.ndarray, view: Image.Image) -> None:
+    """Write an RGB PIL image into a uint8 (3, H, W) array (a batch row). PIL splits the bands (C), so each is
+    one plain copy: half the time of copying the interleaved pixels through a transposed view."""
+    for channel, band in zip(dst, view.split()):
+        channel[...] = np.asarray(band)
 
 
 def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random.Generator,
@@ -93,6 +105,11 @@ class PretrainAugment:
         self.scale, self.hflip, self.color_jitter = (float(scale[0]), float(scale[1])), hflip, color_jitter
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        model_view, tokenizer_view = self.views(img, rng)
+        return _to_uint8(model_view), _to_uint8(tokenizer_view)
+
+    def views(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+        """The two views as RGB PIL images (the model's, the tokenizer's: one object when the sizes are equal)."""
         img = img.convert("RGB") if img.mode != "RGB" else img
         # the draws come in BEiT's order (jitter, flip, crop), so the rng state alone fixes the views
         jitter = jitter_params(self.color_jitter, rng) if self.color_jitter > 0 else None
@@ -108,7 +125,7 @@ class PretrainAugment:
             # BEiT sizes; contrast pulls towards the crop's mean grey rather than the whole image's
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else view
             views[size] = color_jitter(view, *jitter) if jitter else view
-        return _to_uint8(views[self.img_size]), _to_uint8(views[self.tokenizer_img_size])
+        return views[self.img_size], views[self.tokenizer_img_size]
 
     def __repr__(self) -> str:
         return (f"PretrainAugment(img_size={self.img_size}, tokenizer_img_size={self.tokenizer_img_size}, "

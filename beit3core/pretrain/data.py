@@ -189,6 +189,15 @@ def text_inputs(seqs: list[np.ndarray], ratio: float, mask_id: int, rngs: list[n
             "text_labels": torch.from_numpy(labels)}
 
 
+def _batch_images(n: int, side: int) -> torch.Tensor:
+    """An uninitialised uint8 (n, 3, side, side) batch; in a loader worker, allocated in shared memory (as torch's
+    default_collate does) so handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty((n, 3, side, side), dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(n * 3 * side * side)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n, 3, side, side))
+
+
 class SampleMaker:
     """Turns rows into model inputs: decodes and views images, tokenizes and masks texts, draws image masks.
     Holds the text tokenizer's bytes and builds the tokenizer in the process that uses it."""
@@ -219,16 +228,16 @@ class SampleMaker:
             self._block_mask = BlockMaskGenerator((g, g), count, min_num=min(_min_block(g * g), max(count, 1)))
         return self._block_mask(rng).reshape(-1).astype(bool)
 
-    def views(self, img, key: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the model's view, the tokenizer's view or None) of a decoded image."""
-        from beit3core.pretrain.augment import PretrainAugment, precomputed_view
+    def views(self, img, key: list[int]):
+        """(the model's view, the tokenizer's view or None) of a decoded image, as RGB PIL images."""
+        from beit3core.pretrain.augment import PretrainAugment, precomputed_pil
 
         m = self.masking
         if self.visual_targets == "precomputed":
-            return precomputed_view(img, m.img_size), None
+            return precomputed_pil(img, m.img_size), None
         if self._augment is None:
             self._augment = PretrainAugment(m.img_size, m.tokenizer_img_size or m.img_size)
-        return self._augment(img, np.random.default_rng([*key, _AUGMENT_DRAW]))
+        return self._augment.views(img, np.random.default_rng([*key, _AUGMENT_DRAW]))
 
     def batch(self, name: str, items: list[tuple[RowKey, LoadedShard]]) -> dict[str, torch.Tensor]:
         """The inputs and targets of `items` of stream `name`; a row's image mask is drawn first, then its
@@ -246,21 +255,28 @@ class SampleMaker:
         return out
 
     def _image_inputs(self, items, keys, rngs) -> dict[str, torch.Tensor]:
-        model_views, tokenizer_views, labels = [], [], []
-        for (k, shard), key in zip(items, keys):
+        """Each view is written straight into its batch row (in a worker, shared memory): no per-image tensor, no
+        stack, no copy when the batch goes to the main process."""
+        from beit3core.pretrain.augment import put_chw
+
+        m, n = self.masking, len(items)
+        on_the_fly = self.visual_targets == "on-the-fly"
+        out = {"image": _batch_images(n, m.img_size)}
+        if on_the_fly:
+            out["tokenizer_image"] = _batch_images(n, m.tokenizer_img_size or m.img_size)
+        rows = {name: t.numpy() for name, t in out.items()}
+        labels = []
+        for j, ((k, shard), key) in enumerate(zip(items, keys)):
             sample = shard.keys[k.row]
             img = data.decode_image(_image_file(shard, k.row), f"{shard.uri}#{sample}")
             view, tokenizer_view = self.views(img, key)
-            model_views.append(view)
-            if tokenizer_view is not None:
-                tokenizer_views.append(tokenizer_view)
+            put_chw(rows["image"][j], view)
+            if on_the_fly:
+                put_chw(rows["tokenizer_image"][j], tokenizer_view)
             else:
                 labels.append(_labels(shard, sample))
-        out = {"image": torch.stack(model_views),
-               "image_mask": torch.from_numpy(np.stack([self.image_mask(g) for g in rngs]))}
-        if tokenizer_views:
-            out["tokenizer_image"] = torch.stack(tokenizer_views)
-        else:
+        out["image_mask"] = torch.from_numpy(np.stack([self.image_mask(g) for g in rngs]))
+        if not on_the_fly:
             out["image_labels"] = torch.from_numpy(np.stack(labels).astype(np.int64))
         return out
 

@@ -43,11 +43,15 @@ CONFIG_FILE = "config.json"
 
 
 # -- images -------------------------------------------------------------------------------------------------------
+def resized_rgb(img, img_size: int):
+    """PIL image -> RGB PIL image of img_size x img_size, bicubic (aspect ratio not kept)."""
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    return img.resize((img_size, img_size), Image.BICUBIC) if img.size != (img_size, img_size) else img
+
+
 def image_to_uint8(img, img_size: int) -> torch.Tensor:
     """PIL image -> uint8 tensor (3, img_size, img_size): RGB, bicubic resize (aspect ratio not kept)."""
-    img = img.convert("RGB") if img.mode != "RGB" else img
-    if img.size != (img_size, img_size):
-        img = img.resize((img_size, img_size), Image.BICUBIC)
+    img = resized_rgb(img, img_size)
     return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))  # one copy
 
 
