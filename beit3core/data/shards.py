@@ -207,6 +207,7 @@ def tar_members(data: bytes, uri: str) -> Iterator[tuple[str, bytes]]:
 _ZERO_BLOCK = bytes(BLOCK)
 _FILE_TYPES = (b"0", b"\0")  # regular files (REGTYPE, AREGTYPE)
 _SKIPPED_TYPES = (b"5",)  # directories: no bytes, nothing to yield
+_PLAIN_TYPES = _FILE_TYPES + _SKIPPED_TYPES
 
 
 def _plain_members(data: bytes) -> list[tuple[str, bytes]] | None:
@@ -222,7 +223,7 @@ def _plain_members(data: bytes) -> list[tuple[str, bytes]] | None:
             return out
         kind = header[156:157]
         size_field = header[124:136]
-        if kind not in _FILE_TYPES + _SKIPPED_TYPES or size_field[0] & 0x80:
+        if kind not in _PLAIN_TYPES or size_field[0] & 0x80:
             return None
         # tarfile's check: the unsigned sum of the header with the checksum field read as 8 spaces
         try:

@@ -85,10 +85,6 @@ def color_jitter(img: Image.Image, order: np.ndarray, factors: np.ndarray) -> Im
     return img
 
 
-def _to_uint8(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
 class PretrainAugment:
     """`(model view uint8 (3, S, S), tokenizer view uint8 (3, S_t, S_t))` of one colour-jittered, flipped random
     resized crop, resized (bicubic) to each size. Deterministic given the Generator's state."""
@@ -105,8 +101,8 @@ class PretrainAugment:
         self.scale, self.hflip, self.color_jitter = (float(scale[0]), float(scale[1])), hflip, color_jitter
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        model_view, tokenizer_view = self.views(img, rng)
-        return _to_uint8(model_view), _to_uint8(tokenizer_view)
+        model_view, tokenizer_view = self.views(img, rng)  # already at their sizes: no resize, one copy each
+        return image_to_uint8(model_view, self.img_size), image_to_uint8(tokenizer_view, self.tokenizer_img_size)
 
     def views(self, img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
         """The two views as RGB PIL images (the model's, the tokenizer's: one object when the sizes are equal)."""
