@@ -43,7 +43,7 @@ def precomputed_pil(img: Image.Image, img_size: int) -> Image.Image:
 
 def put_chw(dst: np.ndarray, view: Image.Image) -> None:
     """Write an RGB PIL image into a uint8 (3, H, W) array (a batch row). PIL splits the bands (C), so each is
-    one plain copy: half the time of copying the interleaved pixels through a transposed view."""
+    one plain copy: 0.065 against 0.085 ms for a 224-px view copied through a transposed array (median of 7)."""
     for channel, band in zip(dst, view.split()):
         channel[...] = np.asarray(band)
 
