@@ -148,6 +148,15 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj`, in rank order, on rank `dst`; None on the other ranks."""
+    if not _active():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (a new tensor; the input is left untouched)."""
     out = tensor.detach().clone()

@@ -9,6 +9,10 @@ writes every prediction to OUT/predictions.jsonl ({"image", "generated", "refere
 object's colour and shape and no other (beit3core.data.caption_objects), beside CIDEr (fine-tuning's own
 evaluation reports it too).
 
+Under torchrun (`python -m torch.distributed.run --nproc_per_node N -m beit3train.evaluate ...`) each rank
+predicts a contiguous block of the rows (captioning's beam search, retrieval's embeddings) and rank 0 gathers
+the outputs, scores them as one process would, and writes.
+
 The model folder is what `beit3 finetune` wrote (task.json names the task, its settings and vocabularies); the
 evaluation uses the settings it was trained with (image size, text length, beam search), overridable here.
 """
@@ -29,12 +33,12 @@ from beit3core.data.task_stream import SplitSource
 from beit3core.errors import ArgumentParser, UserError, run_main
 from beit3core.task_checkpoint import load_task_model
 from beit3core.tasks import TASK_NAMES, TASKS, TaskSettings
-from beit3core.tasks.common import EvalContext
+from beit3core.tasks.common import EvalContext, merge_outputs
 from beit3core.tasks.data import check_kind
 from beit3core.tasks.report import metrics_document, write_report
 from beit3core.tokenizers import TextTokenizer
 from beit3train.config import config_from, make_parser, setting
-from beit3train.distributed import resolve_device
+from beit3train.distributed import DistInfo, gather_object, resolve_device, run_distributed
 from beit3train.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -128,20 +132,28 @@ def default_test_split(splits: list[str]) -> str:
 
 def evaluate_split(model: nn.Module, task: str, data_uri: str, split: str, *, header: dict,
                    tokenizer: TextTokenizer, settings: TaskSettings, device: torch.device, max_examples: int = 0,
-                   num_samples: int = 8, all_samples: bool = False,
-                   progress: bool = True) -> tuple[dict, list[dict], int]:
+                   num_samples: int = 8, all_samples: bool = False, progress: bool = True,
+                   dist_info: DistInfo = DistInfo()) -> tuple[dict, list[dict], int] | None:
     """(metrics, sample predictions: `num_samples` of them or, with `all_samples`, one per row, rows evaluated)
     of `model` on the first `max_examples` rows (0: all) of `split`, read in shard order, under the device's
     autocast. Captioning on synthetic data also gets `objects_named`. Fine-tuning's end-of-run evaluation is this
-    one."""
+    one.
+
+    Distributed (every rank calls it): each rank predicts its contiguous block of the rows, rank 0 gathers the
+    outputs and scores them all, as one process would (same rows, same order); the other ranks get None."""
     source = SplitSource(data_uri, split, header)  # read in order, shard by shard (beit3core.data.task_stream)
     if not source.rows:
         raise UserError(f"{data_uri}: split {split!r} is empty")
     objects = task == "captioning" and is_synthetic(header)  # the object metric reads every caption
     ev = EvalContext(source=source, max_rows=max_examples, header=header, tokenizer=tokenizer, settings=settings,
-                     device=device, num_samples=2**62 if all_samples or objects else num_samples, progress=progress)
+                     device=device, num_samples=2**62 if all_samples or objects else num_samples, progress=progress,
+                     rank=dist_info.rank, world_size=dist_info.world_size)
     with autocast(device):
-        metrics, samples = TASKS[task].evaluate(model, ev)
+        outputs = TASKS[task].predict(model, ev)
+    shares = gather_object(outputs)
+    if shares is None:
+        return None
+    metrics, samples = TASKS[task].score(merge_outputs(shares), ev)
     if objects:
         predictions = caption_predictions(samples)
         metrics["objects_named"] = objects_named_percent([p["generated"] for p in predictions],
@@ -149,8 +161,9 @@ def evaluate_split(model: nn.Module, task: str, data_uri: str, split: str, *, he
     return metrics, samples if all_samples else samples[:num_samples], ev.num_rows
 
 
-def evaluate(cfg: EvaluateConfig) -> dict:
-    """OUT/metrics.json and OUT/report.html of the model folder on the split; returns the metrics document."""
+def evaluate(cfg: EvaluateConfig, dist_info: DistInfo = DistInfo()) -> dict:
+    """OUT/metrics.json and OUT/report.html of the model folder on the split; returns the metrics document.
+    Under torchrun every rank evaluates its share of the rows and rank 0 scores and writes ({} elsewhere)."""
     set_threads(cfg.threads)
     header = check_kind(cfg.data, cfg.task)
     model, meta = load_task_model(cfg.model_dir, cfg.task)
@@ -160,16 +173,19 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                             f"({cfg.model_dir}/task.json); evaluate on data with the same vocabulary")
     settings = meta["settings"].replace(eval_batch_size=cfg.batch_size, num_beams=cfg.num_beams)
     split = cfg.split or default_test_split(data.splits(cfg.data))
-    device = resolve_device(cfg.device)
+    device = dist_info.device if dist_info.distributed else resolve_device(cfg.device)
     model.to(device).eval()
     labels = CONFUSION_LABELS[cfg.task](header) if cfg.task in CONFUSION_LABELS else None
     if labels is not None and len(labels) > CONFUSION_MAX_LABELS:
         labels = None
     every_row = labels is not None or cfg.task == "captioning"  # the matrix / predictions.jsonl need all rows
-    metrics, samples, count = evaluate_split(
+    evaluated = evaluate_split(
         model, cfg.task, cfg.data, split, header=header, tokenizer=TextTokenizer.load(cfg.text_tokenizer),
         settings=settings, device=device, max_examples=cfg.max_examples,
-        num_samples=cfg.num_samples, all_samples=every_row, progress=cfg.progress)
+        num_samples=cfg.num_samples, all_samples=every_row, progress=cfg.progress, dist_info=dist_info)
+    if evaluated is None:  # not rank 0
+        return {}
+    metrics, samples, count = evaluated
     if labels is not None:
         io.write_json(io.join(cfg.out, "confusion_matrix.json"),
                       {"labels": labels, "matrix": confusion_matrix(samples, labels)})
@@ -187,7 +203,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    evaluate(parse_args(argv))
+    run_distributed(evaluate, parse_args(argv))
     return 0
 
 

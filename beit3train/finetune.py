@@ -16,6 +16,8 @@ with the same weights as an uninterrupted one.
 
 Distributed: run under torchrun / a PyTorchJob (the same launcher as pretraining); each rank reads its share
 of the training split, gradients are averaged by DDP, and the retrieval loss gathers negatives from every rank.
+The end-of-run evaluation is split the same way: each rank predicts a contiguous block of the eval rows and rank 0
+scores them all (`beit3train.evaluate.evaluate_split`).
 """
 
 from __future__ import annotations
@@ -283,16 +285,17 @@ def run_steps(cfg: FinetuneConfig, run: _Run, hooks: TrainHooks) -> None:
 
 # -- export --------------------------------------------------------------------------------------------------
 def export(cfg: FinetuneConfig, run: _Run) -> dict:
-    """On rank 0: evaluate on the eval split, then OUT/model, OUT/metrics.json and OUT/report.html. Returns
-    the metrics document on rank 0, {} elsewhere."""
+    """Evaluate on the eval split (every rank its share of the rows, rank 0 scores), then on rank 0 OUT/model,
+    OUT/metrics.json and OUT/report.html. Returns the metrics document on rank 0, {} elsewhere."""
     result: dict = {}
-    if run.dist.is_main:
-        task = cfg.task
-        model = run.model.eval()
-        metrics, samples, _ = evaluate_split(
-            model, task, cfg.data, run.eval_split, header=run.header, tokenizer=run.tokenizer, settings=cfg.settings,
-            device=run.dist.device, max_examples=cfg.max_eval_examples, num_samples=cfg.num_samples,
-            progress=cfg.progress)
+    task = cfg.task
+    model = run.model.eval()  # the module itself, not the DDP wrapper: ranks run different numbers of batches
+    evaluated = evaluate_split(
+        model, task, cfg.data, run.eval_split, header=run.header, tokenizer=run.tokenizer, settings=cfg.settings,
+        device=run.dist.device, max_examples=cfg.max_eval_examples, num_samples=cfg.num_samples,
+        progress=cfg.progress, dist_info=run.dist)
+    if evaluated is not None:
+        metrics, samples, _ = evaluated
         losses = run.state.progress["losses"]
         result = metrics_document(task, run.eval_split, metrics, cfg.data)
         result["train"] = {"steps": run.state.step, "epochs": run.state.step / run.per_epoch,

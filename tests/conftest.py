@@ -25,6 +25,23 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def task_synth(tmp_path_factory):
+    """Tiny synthetic task datasets (ROOT/synth/tasks/<task>, 32-px images) and a text tokenizer fitted on their
+    texts (ROOT/tok); returns ROOT."""
+    from beit3core import data
+    from beit3core.tokenizers import TextTokenizer
+
+    root = tmp_path_factory.mktemp("tasks")
+    data.synthesize(str(root / "synth"), seed=0, image_size=32, scale=0.03)
+    texts = []
+    for t in ("vqa", "nlvr2", "retrieval", "captioning"):
+        rows = data.read_rows(str(root / "synth" / "tasks" / t), "train")
+        texts += [r.get("question") or r.get("sentence") or r.get("caption") for r in rows]
+    TextTokenizer.train(texts, vocab_size=40).save(str(root / "tok"))
+    return root
+
+
+@pytest.fixture(scope="session")
 def s3_store(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 with bucket `test-bucket`; AWS_* point at it for the session."""
     from beit3ops import store

@@ -26,18 +26,8 @@ RUN_WITH_HOOKS = str(Path(__file__).parent / "helpers" / "run_with_hooks.py")
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from beit3core import data
-    from beit3core.tokenizers import TextTokenizer
-
-    root = tmp_path_factory.mktemp("ft")
-    data.synthesize(str(root / "synth"), seed=0, image_size=32, scale=0.03)
-    texts = []
-    for t in ("vqa", "nlvr2", "retrieval", "captioning"):
-        rows = data.read_rows(str(root / "synth" / "tasks" / t), "train")
-        texts += [r.get("question") or r.get("sentence") or r.get("caption") for r in rows]
-    TextTokenizer.train(texts, vocab_size=40).save(str(root / "tok"))
-    return root
+def synth(task_synth):
+    return task_synth
 
 
 def _finetune(synth, task, out, *extra):

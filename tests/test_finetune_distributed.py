@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+TASK_METRICS = {"retrieval": ("tr_r1", "ir_r1", "average_score"), "classification": ("acc1", "acc5")}
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -30,14 +32,33 @@ def test_finetune_two_processes(tmp_path, task):
            "--data", str(tmp_path / "synth" / "tasks" / task), "--text-tokenizer", str(tmp_path / "tok"),
            "--init", "random", "--out", str(tmp_path / "run"), "--arch", "beit3_tiny_patch8_64", "--steps", "2",
            "--warmup-steps", "1", "--batch-size", "4", "--img-size", "32", "--max-len", "12",
-           "--max-eval-examples", "8", "--no-progress", "--device", "cpu"]
+           "--max-eval-examples", "8", "--eval-batch-size", "1", "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 2
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-    assert proc.stdout.count("wrote") == 1  # rank 0 alone evaluates and writes
+    assert proc.stdout.count("wrote") == 1  # rank 0 alone scores and writes
+
+    # Each rank evaluated its half of the 8 rows; `beit3 evaluate` of the exported model on the same rows, in one
+    # process and under torchrun, scores the same (one row a batch: a row's outputs do not depend on its batch).
+    from beit3train.evaluate import main as evaluate_main
+
+    args = ["--task", task, "--model-dir", str(tmp_path / "run" / "model"), "--data",
+            str(tmp_path / "synth" / "tasks" / task), "--text-tokenizer", str(tmp_path / "tok"), "--split", "val",
+            "--max-examples", "8", "--batch-size", "1", "--no-progress", "--device", "cpu"]
+    assert evaluate_main([*args, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "beit3train.evaluate", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.stdout.count("wrote") == 1
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    keys = [k for k in one if k not in ("model_dir",)]
+    assert {k: two[k] for k in keys} == {k: one[k] for k in keys}
+    assert {k: metrics[k] for k in TASK_METRICS[task]} == {k: one[k] for k in TASK_METRICS[task]}
 
 
 @pytest.mark.slow

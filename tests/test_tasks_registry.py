@@ -13,7 +13,7 @@ from beit3core.tasks import (TASK_DEFAULTS, TASK_NAMES, TASKS, TaskSettings, bui
                              classification, collator, nlvr2, retrieval, settings_for, vqa)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-INTERFACE = ("NAME", "SELECTION_METRIC", "METRICS", "build", "targets", "collator", "loss", "evaluate")
+INTERFACE = ("NAME", "SELECTION_METRIC", "METRICS", "build", "targets", "collator", "loss", "predict", "score")
 
 
 def demo_recipes() -> dict[str, dict]:

@@ -18,7 +18,9 @@ Training epoch e, for `world` ranks of `batch` rows and `workers` loader workers
   `default_rng([seed, e, rank, worker])`. An epoch's batches follow from (seed, e, the layout) alone, so a run
   resumed at an epoch end needs nothing but e.
 
-Evaluation (`eval_plan`) reads the parts in order and their rows in file order, up to `max_rows` rows.
+Evaluation (`eval_plan`) reads the parts in order and their rows in file order, up to `max_rows` rows; a
+distributed one gives each rank a contiguous block of them, so the ranks' outputs joined in rank order are in
+row order.
 
 Memory: the part list (one small entry per shard), the part being read and one prefetched, the shuffle buffer.
 """
@@ -117,10 +119,12 @@ def train_plan(sizes: np.ndarray, *, seed: int, epoch: int, rank: int, steps: in
     return cut(sizes, order.tolist(), (rank * steps + lo) * batch, (rank * steps + hi) * batch)
 
 
-def eval_plan(sizes: np.ndarray, max_rows: int = 0) -> Plan:
-    """The first `max_rows` rows (0: all) of the parts in order."""
+def eval_plan(sizes: np.ndarray, max_rows: int = 0, *, share: int = 0, shares: int = 1) -> Plan:
+    """The first `max_rows` rows (0: all) of the parts in order, or block `share` of `shares` contiguous blocks
+    of them (one per rank of a distributed evaluation)."""
     total = int(sizes.sum())
-    return cut(sizes, range(len(sizes)), 0, min(max_rows, total) if max_rows else total)
+    lo, hi = block(min(max_rows, total) if max_rows else total, share, shares)
+    return cut(sizes, range(len(sizes)), lo, hi)
 
 
 def read_plan(source: SplitSource, plan: Plan) -> Iterator[Item]:

@@ -7,12 +7,17 @@ Every task module has the same interface:
     targets(rows, vocab_index) -> dict       # what the collator adds to a batch for this task (labels, scores)
     collator(tokenizer, max_len, header)     # the task's batch collator (text field + targets)
     loss(model, batch, StepContext)          # scalar training loss
-    evaluate(model, EvalContext)             # (metrics, sample predictions)
+    predict(model, EvalContext) -> dict      # this share's outputs: {field: list}, shares joined by merge_outputs
+    score(outputs, EvalContext)              # (metrics, sample predictions) of the joined outputs
 
     from beit3core.tasks import TASKS, settings_for
     task = TASKS["vqa"]
     model = task.build(backbone, header, settings_for("vqa"))
     loss = task.loss(model, batch, step_ctx)
+    metrics, samples = task.score(task.predict(model, eval_ctx), eval_ctx)
+
+Evaluation is split from scoring so that ranks can each predict their block of the rows (EvalContext rank /
+world_size) and one scores them all: `score(merge_outputs([outputs of rank 0, rank 1, ...]), ctx)`.
 
 Settings: `TaskSettings` and the released recipes `TASK_DEFAULTS` (settings.py).
 """

@@ -28,7 +28,7 @@ from beit3core.tasks.common import (
     init_head_weights,
     to_device,
 )
-from beit3core.tasks.data import Collator, ImageIndex, image_text_batches
+from beit3core.tasks.data import Collator, ImageIndex, image_text_batches, joined_index
 from beit3core.tasks.metrics import bleu4, cider_d
 
 NAME = "captioning"
@@ -176,7 +176,8 @@ def generate(model: CaptioningModel, images: torch.Tensor, *, bos_id: int, eos_i
 
 
 @torch.no_grad()
-def evaluate(model: CaptioningModel, ev) -> tuple[dict, list[dict]]:
+def predict(model: CaptioningModel, ev) -> dict[str, list]:
+    """This share's images (in order of first use), their generated captions, and its rows."""
     s, tok = ev.settings, ev.tokenizer
 
     def captions(batch: dict) -> list[list[int]]:
@@ -188,7 +189,12 @@ def evaluate(model: CaptioningModel, ev) -> tuple[dict, list[dict]]:
     for _, batch in image_text_batches(NAME, ev.stream("eval captioning (beam search)"), index, uri=ev.uri,
                                        img_size=s.img_size, batch_size=s.eval_batch_size):
         hyps += [tok.decode(ids) for ids in captions(to_device(batch, ev.device))]
-    images = index.images
+    return {"image_rows": index.images, "generated": hyps, "rows": index.rows}
+
+
+def score(out: dict[str, list], ev) -> tuple[dict, list[dict]]:
+    kept, index = joined_index(out["image_rows"], out["rows"])
+    images, hyps = index.images, [out["generated"][i] for i in kept]
     refs: list[list[str]] = [[] for _ in images]
     for row, i in zip(index.rows, index.owner, strict=True):
         refs[i].append(row["caption"])

@@ -69,17 +69,22 @@ def loss(model: ClassificationModel, batch: dict, ctx) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: ClassificationModel, ev) -> tuple[dict, list[dict]]:
+def predict(model: ClassificationModel, ev) -> dict[str, list]:
+    """This share's logits and labels (per batch) and its first `ev.num_samples` sample predictions."""
     labels = ev.header["labels"]
-    all_logits, all_labels, samples = [], [], []
+    out: dict[str, list] = {"logits": [], "labels": [], "samples": []}
     for batch, logits in eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
                                       lambda b: model(b["image"]).float().cpu()):
-        all_logits.append(logits)
-        all_labels.append(batch["labels"].cpu())
+        out["logits"].append(logits)
+        out["labels"].append(batch["labels"].cpu())
         for row, pred, gold in zip(batch["rows"], logits.argmax(1).tolist(), batch["labels"].tolist()):
-            if len(samples) < ev.num_samples:
-                samples.append({"images": [row["image"]], "lines": [("label", labels[gold]),
-                                ("predicted", labels[pred])], "ok": pred == gold})
-    metrics = topk_accuracy(torch.cat(all_logits), torch.cat(all_labels), ks=(1, 5))
+            if len(out["samples"]) < ev.num_samples:
+                out["samples"].append({"images": [row["image"]], "lines": [("label", labels[gold]),
+                                       ("predicted", labels[pred])], "ok": pred == gold})
+    return out
+
+
+def score(out: dict[str, list], ev) -> tuple[dict, list[dict]]:
+    metrics = topk_accuracy(torch.cat(out["logits"]), torch.cat(out["labels"]), ks=(1, 5))
     metrics["num_examples"] = ev.num_rows
-    return metrics, samples
+    return metrics, out["samples"][:ev.num_samples]

@@ -72,23 +72,35 @@ class StepContext:
 
 
 class EvalContext:
-    """Inputs of a task's `evaluate`: the split (`source`, its first `max_rows` rows; 0: all), the dataset's
-    header, tokenizer, settings and device. `stream(desc)` reads the rows in order with their images' bytes."""
+    """Inputs of a task's `predict` and `score`: the split (`source`, its first `max_rows` rows; 0: all), the
+    dataset's header, tokenizer, settings and device, and this process's share of the rows (`rank` of
+    `world_size` contiguous blocks). `stream(desc)` reads the share in order with its images' bytes."""
 
     def __init__(self, *, source: SplitSource, header: dict, tokenizer, settings, device, max_rows: int = 0,
-                 num_samples: int = 8, progress: bool = True):
+                 num_samples: int = 8, progress: bool = True, rank: int = 0, world_size: int = 1):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"evaluation share: rank {rank} is outside world size {world_size}")
         self.source, self.uri, self.max_rows, self.header = source, source.uri, max_rows, header
         self.tokenizer, self.settings, self.device = tokenizer, settings, device
         self.num_samples, self.progress = num_samples, progress
+        self.rank, self.world_size = rank, world_size
 
     @property
     def num_rows(self) -> int:
-        """The rows evaluated (dataset.json's counts: nothing is read)."""
+        """The rows evaluated by every share together (dataset.json's counts: nothing is read)."""
         return min(self.max_rows, self.source.rows) if self.max_rows else self.source.rows
 
     def stream(self, desc: str) -> Iterator[Item]:
-        items = read_plan(self.source, eval_plan(self.source.sizes, self.max_rows))
-        return progress_bar(items, total=self.num_rows, desc=desc, unit="row", disable=not self.progress)
+        """This share's rows, in order: its block of the first `num_rows` rows of the split."""
+        plan = eval_plan(self.source.sizes, self.max_rows, share=self.rank, shares=self.world_size)
+        return progress_bar(read_plan(self.source, plan), total=sum(hi - lo for _, lo, hi in plan), desc=desc,
+                            unit="row", disable=not self.progress)
+
+
+def merge_outputs(parts: list[dict[str, list]]) -> dict[str, list]:
+    """One output of a task's `predict` from the outputs of the shares, in share (= row) order: each field's
+    lists concatenated."""
+    return {key: [x for part in parts for x in part[key]] for key in parts[0]}
 
 
 def to_device(batch: dict, device) -> dict:

@@ -159,6 +159,22 @@ class ImageIndex:
     owner: list[int] = field(default_factory=list)
 
 
+def joined_index(image_rows: list[dict], rows: list[dict]) -> tuple[list[int], ImageIndex]:
+    """The ImageIndex of outputs of evaluation shares joined in row order (`image_rows`: each share's images in
+    order of first use, `rows`: every row), and the positions in `image_rows` of the images it keeps: an image
+    whose rows straddle two shares was met by both, and is kept once, where first met."""
+    first: dict[str, int] = {}
+    index, kept = ImageIndex(rows=list(rows)), []
+    for i, row in enumerate(image_rows):
+        key = str(row["image_id"])
+        if key not in first:
+            first[key] = len(index.images)
+            index.images.append(row)
+            kept.append(i)
+    index.owner = [first[str(row["image_id"])] for row in rows]
+    return kept, index
+
+
 @dataclass
 class Collator:
     """Stacks the images, tokenises the row field `text_field` and adds the task's `targets(rows, vocab_index)`

@@ -91,15 +91,21 @@ def loss(model: NLVR2Model, batch: dict, ctx) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: NLVR2Model, ev) -> tuple[dict, list[dict]]:
-    correct, samples = 0, []
+def predict(model: NLVR2Model, ev) -> dict[str, list]:
+    """This share's count of correct answers (per batch) and its first `ev.num_samples` sample predictions."""
+    out: dict[str, list] = {"correct": [], "samples": []}
     for batch, logits in eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
                                       lambda b: _logits(model, b)):
         preds = logits.argmax(1)
-        correct += int((preds == batch["labels"]).sum())
+        out["correct"].append(int((preds == batch["labels"]).sum()))
         for row, pred, gold in zip(batch["rows"], preds.tolist(), batch["labels"].tolist()):
-            if len(samples) < ev.num_samples:
-                samples.append({"images": [row["image_left"], row["image_right"]], "lines": [
+            if len(out["samples"]) < ev.num_samples:
+                out["samples"].append({"images": [row["image_left"], row["image_right"]], "lines": [
                     ("sentence", row["sentence"]), ("label", str(bool(gold))), ("predicted", str(bool(pred)))],
                     "ok": pred == gold})
-    return {"acc": 100.0 * correct / max(1, ev.num_rows), "num_examples": ev.num_rows}, samples
+    return out
+
+
+def score(out: dict[str, list], ev) -> tuple[dict, list[dict]]:
+    acc = 100.0 * sum(out["correct"]) / max(1, ev.num_rows)
+    return {"acc": acc, "num_examples": ev.num_rows}, out["samples"][:ev.num_samples]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit3core.tasks.common import backbone_dim, init_head_weights, to_device
-from beit3core.tasks.data import Collator, ImageIndex, image_text_batches
+from beit3core.tasks.data import Collator, ImageIndex, image_text_batches, joined_index
 from beit3core.tasks.metrics import retrieval_recall
 
 NAME = "retrieval"
@@ -97,7 +97,8 @@ def loss(model: RetrievalModel, batch: dict, ctx) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: RetrievalModel, ev) -> tuple[dict, list[dict]]:
+def predict(model: RetrievalModel, ev) -> dict[str, list]:
+    """This share's images (in order of first use) and rows, with their embeddings (per batch)."""
     index, img, txt = ImageIndex(), [], []
     for kind, batch in image_text_batches(NAME, ev.stream("eval retrieval"), index, uri=ev.uri,
                                           img_size=ev.settings.img_size, batch_size=ev.settings.eval_batch_size,
@@ -107,8 +108,14 @@ def evaluate(model: RetrievalModel, ev) -> tuple[dict, list[dict]]:
             img.append(model.encode_image(batch["image"]).float().cpu())
         else:
             txt.append(model.encode_text(batch["text_ids"], batch["text_padding_mask"]).float().cpu())
+    return {"image_rows": index.images, "image_embeddings": img, "rows": index.rows, "text_embeddings": txt}
+
+
+def score(out: dict[str, list], ev) -> tuple[dict, list[dict]]:
+    kept, index = joined_index(out["image_rows"], out["rows"])
     images, rows, owner = index.images, index.rows, torch.tensor(index.owner, dtype=torch.long)
-    scores = torch.cat(img) @ torch.cat(txt).t()  # no logit scale, as released
+    image_embeddings = torch.cat(out["image_embeddings"])[kept]
+    scores = image_embeddings @ torch.cat(out["text_embeddings"]).t()  # no logit scale, as released
     metrics = retrieval_recall(scores, owner)
     metrics.update(num_images=len(images), num_texts=len(rows))
     samples = []

@@ -94,19 +94,24 @@ def loss(model: VQAModel, batch: dict, ctx) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: VQAModel, ev) -> tuple[dict, list[dict]]:
+def predict(model: VQAModel, ev) -> dict[str, list]:
+    """This share's per-question scores (per batch) and its first `ev.num_samples` sample predictions."""
     answers = ev.header["answers"]
-    scores, samples = [], []
+    out: dict[str, list] = {"scores": [], "samples": []}
     for batch, logits in eval_outputs(NAME, ev, collator(ev.tokenizer, ev.settings.max_len, ev.header),
                                       lambda b: model(b["image"], b["text_ids"], b["text_padding_mask"]).float()):
         s = vqa_scores(logits, batch["targets"]).cpu()
-        scores.append(s)
+        out["scores"].append(s)
         for row, pred, score in zip(batch["rows"], logits.argmax(1).tolist(), s.tolist()):
-            if len(samples) < ev.num_samples:
+            if len(out["samples"]) < ev.num_samples:
                 given = Counter(normalize_answer(a) for a in row["answers"]).most_common(1)
                 common = given[0][0] if given else ""
-                samples.append({"images": [row["image"]], "lines": [("question", row["question"]),
-                                ("answers", common), ("predicted", answers[pred]), ("score", f"{score:.1f}")],
-                                "ok": score > 0})
-    scores = torch.cat(scores)
-    return {"vqa_score": 100.0 * scores.mean().item(), "num_examples": ev.num_rows}, samples
+                out["samples"].append({"images": [row["image"]], "lines": [("question", row["question"]),
+                                       ("answers", common), ("predicted", answers[pred]), ("score", f"{score:.1f}")],
+                                       "ok": score > 0})
+    return out
+
+
+def score(out: dict[str, list], ev) -> tuple[dict, list[dict]]:
+    scores = torch.cat(out["scores"])
+    return {"vqa_score": 100.0 * scores.mean().item(), "num_examples": ev.num_rows}, out["samples"][:ev.num_samples]
