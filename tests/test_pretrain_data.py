@@ -260,6 +260,31 @@ def test_workers_and_ranks_give_the_single_process_batches(collection):
             assert joined == _rows(single[step][1]), (world, workers, step)
 
 
+def test_pinned_batches_are_joined_into_pinned_memory(collection, monkeypatch):
+    """pin_memory: the step's joined batch is what is pinned (pinning the workers' parts, as the DataLoader's
+    pin_memory would, leaves the concatenated batch in pageable memory). Without an accelerator pinning is off,
+    as in the DataLoader, instead of an error."""
+    from beit3core.pretrain import data as pretrain_data
+
+    plain = [b for _, b in _loader(collection, lanes=2, total=2, workers=2)]
+    loader = open_loader(collection["data"], collection["T"], collection["V"], batch_sizes={"pairs": 4},
+                         total_steps=2, seed=3, lanes=2, num_workers=2, max_text_len=12, pin_memory=True)
+    assert loader.pin_memory is torch.accelerator.is_available()
+    assert [_rows(b) for _, b in loader] == [{"pairs": _rows(b)["pairs"]} for b in plain]
+
+    pinned_to = []
+    real_empty = torch.empty
+
+    def empty(*shape, pin_memory=False, **kw):  # stands in for page-locked allocation on this CPU-only machine
+        pinned_to.append(pin_memory)
+        return real_empty(*shape, **kw)
+
+    monkeypatch.setattr(pretrain_data.torch, "empty", empty)
+    parts = [{"pairs": {"image": torch.ones(2, 3)}}, {"pairs": {"image": torch.zeros(1, 3)}}]
+    joined = pretrain_data.join_parts(parts, pin_memory=True)
+    assert pinned_to == [True] and joined["pairs"]["image"].tolist() == [[1.0] * 3] * 2 + [[0.0] * 3]
+
+
 def test_resume_at_a_step_on_another_layout_continues_the_same_rows(collection):
     """Resuming at step s needs only s: it reproduces the uninterrupted run's batches, also with a different
     number of ranks and workers (the same global position)."""

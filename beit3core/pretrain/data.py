@@ -371,9 +371,12 @@ def _pad_to(t: torch.Tensor, width: int, value) -> torch.Tensor:
 _PAD = {"text_ids": PAD_ID, "text_labels": IGNORE, "text_padding_mask": True}
 
 
-def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
-    """One step's batch from its parts (in lane order): rows concatenated, texts padded to the widest."""
-    if len(parts) == 1:
+def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]], *,
+               pin_memory: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """One step's batch from its parts (in lane order): rows concatenated, texts padded to the widest.
+    pin_memory: every tensor of the batch in page-locked memory, the parts copied straight into it (pinning the
+    parts and then concatenating them would leave the batch in pageable memory)."""
+    if len(parts) == 1 and not pin_memory:
         return parts[0]
     out = {}
     for name in parts[0]:
@@ -383,7 +386,11 @@ def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dic
             if key in _PAD:
                 width = max(t.shape[1] for t in tensors)
                 tensors = [_pad_to(t, width, _PAD[key]) for t in tensors]
-            out[name][key] = torch.cat(tensors)
+            if pin_memory:
+                shape = (sum(t.shape[0] for t in tensors), *tensors[0].shape[1:])
+                out[name][key] = torch.cat(tensors, out=torch.empty(shape, dtype=tensors[0].dtype, pin_memory=True))
+            else:
+                out[name][key] = torch.cat(tensors)
     return out
 
 
@@ -391,8 +398,9 @@ class StepBatches:
     """(step, batch) from a DataLoader over LaneBatches: the DataLoader hands the workers' items round-robin,
     so each step's parts arrive together, in worker (= lane) order."""
 
-    def __init__(self, loader: DataLoader, parts: int):
-        self.parts = max(parts, 1)
+    def __init__(self, loader: DataLoader, parts: int, *, pin_memory: bool = False):
+        # as the DataLoader does, pinning is off where there is no accelerator to pin for
+        self.parts, self.pin_memory = max(parts, 1), pin_memory and torch.accelerator.is_available()
         self._items = iter(loader)  # created now: the iterator draws its base seed from the global RNG
 
     def __iter__(self):
@@ -403,7 +411,7 @@ class StepBatches:
         step = got[0][0]
         if [(s, p) for s, p, _ in got] != [(step, k) for k in range(self.parts)]:
             raise RuntimeError(f"data loader delivered parts {[(s, p) for s, p, _ in got]} for one step")
-        return step, join_parts([b for _, _, b in got])
+        return step, join_parts([b for _, _, b in got], pin_memory=self.pin_memory)
 
 
 def lane_loader(sources: dict[str, StreamSource], batch_sizes: dict[str, int], masking: MaskingConfig, *,
@@ -416,9 +424,10 @@ def lane_loader(sources: dict[str, StreamSource], batch_sizes: dict[str, int], m
                  {k: v * layout.world_size for k, v in batch_sizes.items() if v > 0})
     maker = SampleMaker(masking, seed=seed, text_tokenizer=text_tokenizer, visual_targets=visual_targets)
     dataset = LaneBatches(sources, batch_sizes, maker, layout, start_step=start_step, total_steps=total_steps)
-    loader = DataLoader(dataset, batch_size=None, num_workers=layout.workers, pin_memory=pin_memory,
+    # Pinned in StepBatches, once the step's parts are joined.
+    loader = DataLoader(dataset, batch_size=None, num_workers=layout.workers,
                         prefetch_factor=4 if layout.workers else None, persistent_workers=False)
-    return StepBatches(loader, layout.workers)
+    return StepBatches(loader, layout.workers, pin_memory=pin_memory)
 
 
 def open_loader(data: str, text_tokenizer: str, visual_tokens: str, *, batch_sizes: dict[str, int],
