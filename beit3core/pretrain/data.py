@@ -386,11 +386,9 @@ def join_parts(parts: list[dict[str, dict[str, torch.Tensor]]], *,
             if key in _PAD:
                 width = max(t.shape[1] for t in tensors)
                 tensors = [_pad_to(t, width, _PAD[key]) for t in tensors]
-            if pin_memory:
-                shape = (sum(t.shape[0] for t in tensors), *tensors[0].shape[1:])
-                out[name][key] = torch.cat(tensors, out=torch.empty(shape, dtype=tensors[0].dtype, pin_memory=True))
-            else:
-                out[name][key] = torch.cat(tensors)
+            shape = (sum(t.shape[0] for t in tensors), *tensors[0].shape[1:])
+            joined = torch.empty(shape, dtype=tensors[0].dtype, pin_memory=pin_memory)
+            out[name][key] = torch.cat(tensors, out=joined)
     return out
 
 
@@ -424,10 +422,12 @@ def lane_loader(sources: dict[str, StreamSource], batch_sizes: dict[str, int], m
                  {k: v * layout.world_size for k, v in batch_sizes.items() if v > 0})
     maker = SampleMaker(masking, seed=seed, text_tokenizer=text_tokenizer, visual_targets=visual_targets)
     dataset = LaneBatches(sources, batch_sizes, maker, layout, start_step=start_step, total_steps=total_steps)
-    # Pinned in StepBatches, once the step's parts are joined.
-    loader = DataLoader(dataset, batch_size=None, num_workers=layout.workers,
+    # One part a step: the DataLoader pins it (in its background thread). Several: they are pinned once, as
+    # StepBatches joins them; pinning each part first would copy the batch twice and leave it in pageable memory.
+    joined = layout.workers > 1
+    loader = DataLoader(dataset, batch_size=None, num_workers=layout.workers, pin_memory=pin_memory and not joined,
                         prefetch_factor=4 if layout.workers else None, persistent_workers=False)
-    return StepBatches(loader, layout.workers, pin_memory=pin_memory)
+    return StepBatches(loader, layout.workers, pin_memory=pin_memory and joined)
 
 
 def open_loader(data: str, text_tokenizer: str, visual_tokens: str, *, batch_sizes: dict[str, int],

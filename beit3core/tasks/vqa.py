@@ -102,13 +102,13 @@ def predict(model: VQAModel, ev) -> dict[str, list]:
                                       lambda b: model(b["image"], b["text_ids"], b["text_padding_mask"]).float()):
         s = vqa_scores(logits, batch["targets"]).cpu()
         out["scores"].append(s)
-        for row, pred, score in zip(batch["rows"], logits.argmax(1).tolist(), s.tolist()):
+        for row, pred, row_score in zip(batch["rows"], logits.argmax(1).tolist(), s.tolist()):
             if len(out["samples"]) < ev.num_samples:
                 given = Counter(normalize_answer(a) for a in row["answers"]).most_common(1)
                 common = given[0][0] if given else ""
-                out["samples"].append({"images": [row["image"]], "lines": [("question", row["question"]),
-                                       ("answers", common), ("predicted", answers[pred]), ("score", f"{score:.1f}")],
-                                       "ok": score > 0})
+                lines = [("question", row["question"]), ("answers", common), ("predicted", answers[pred]),
+                         ("score", f"{row_score:.1f}")]
+                out["samples"].append({"images": [row["image"]], "lines": lines, "ok": row_score > 0})
     return out
 
 
