@@ -135,15 +135,16 @@ def test_label_on_device_replaces_the_tokenizer_view_with_its_codes():
 
 def test_put_chw_writes_what_image_to_uint8_makes():
     """The loader writes each view into its batch row band by band; the row is the (3, H, W) tensor the
-    tokenize stage makes of the same image."""
+    tokenize stage makes of the same image (both go through put_chw), which is the image's HWC array transposed."""
     from PIL import Image
 
-    from beit3core.pretrain.augment import put_chw
-    from beit3core.tokenizers.visual import image_to_uint8
+    from beit3core.tokenizers.visual import image_to_uint8, put_chw
 
     rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
     rows = np.zeros((2, 3, 24, 24), dtype=np.uint8)
     put_chw(rows[1], img)
+    assert np.array_equal(rows[1], pixels.transpose(2, 0, 1))
     assert np.array_equal(rows[1], image_to_uint8(img, 24).numpy())
     assert not rows[0].any()

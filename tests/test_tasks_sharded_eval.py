@@ -73,3 +73,19 @@ def test_shares_read_disjoint_blocks_covering_the_rows(task_synth):
     with pytest.raises(UserError, match="rank 4 is outside world size 4"):
         EvalContext(source=source, header=header, tokenizer=tokenizer, settings=settings, device="cpu", rank=4,
                     world_size=4)
+
+
+def test_joined_index_keeps_an_image_met_by_two_shares_once_where_first_met():
+    """Shares [a a b] and [b c]: image b straddles the edge, so both shares encoded it; the join keeps share 0's
+    (position 1 of image_rows, not 2), and every row points at its image's one entry. The comparison with one
+    process above cannot see a wrong position: one process goes through joined_index as well."""
+    from beit3core.tasks.data import ImageIndex, joined_index
+
+    rows = [{"id": i, "image_id": img} for i, img in enumerate("aabbc")]
+    shares = [ImageIndex(), ImageIndex()]
+    new = [shares[0].add(r) for r in rows[:3]] + [shares[1].add(r) for r in rows[3:]]
+    assert new == [True, False, True, True, True]
+    image_rows = shares[0].images + shares[1].images
+    kept, index = joined_index(image_rows, shares[0].rows + shares[1].rows)
+    assert kept == [0, 1, 3]
+    assert [r["id"] for r in index.images] == [0, 2, 4] and index.owner == [0, 0, 1, 1, 2] and index.rows == rows

@@ -41,13 +41,6 @@ def precomputed_pil(img: Image.Image, img_size: int) -> Image.Image:
     return resized_rgb(img, img_size)
 
 
-def put_chw(dst: np.ndarray, view: Image.Image) -> None:
-    """Write an RGB PIL image into a uint8 (3, H, W) array (a batch row). PIL splits the bands (C), so each is
-    one plain copy: 0.065 against 0.085 ms for a 224-px view copied through a transposed array (median of 7)."""
-    for channel, band in zip(dst, view.split()):
-        channel[...] = np.asarray(band)
-
-
 def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random.Generator,
              ratio: tuple[float, float] = RATIO) -> tuple[int, int, int, int]:
     """(left, top, w, h) of a random resized crop: timm's get_params (10 tries, then the centre crop)."""

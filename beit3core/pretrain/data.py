@@ -48,6 +48,7 @@ from beit3core.pretrain.text_masking import IGNORE, mask_text
 from beit3core.tokenizers import BlockMaskGenerator, TextTokenizer
 from beit3core.tokenizers.stages import TEXT_STAGE, VISUAL_STAGE, check_tokens
 from beit3core.tokenizers.text import BOS_ID, EOS_ID, PAD_ID
+from beit3core.tokenizers.visual import put_chw
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +258,6 @@ class SampleMaker:
     def _image_inputs(self, items, keys, rngs) -> dict[str, torch.Tensor]:
         """Each view is written straight into its batch row (in a worker, shared memory): no per-image tensor, no
         stack, no copy when the batch goes to the main process."""
-        from beit3core.pretrain.augment import put_chw
-
         m, n = self.masking, len(items)
         on_the_fly = self.visual_targets == "on-the-fly"
         out = {"image": _batch_images(n, m.img_size)}

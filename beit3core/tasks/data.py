@@ -157,22 +157,31 @@ class ImageIndex:
     rows: list[dict] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     owner: list[int] = field(default_factory=list)
+    _first: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # image_id -> its index in `images`
+
+    def add(self, row: dict) -> bool:
+        """Index one row; True when its image is met for the first time."""
+        key = str(row["image_id"])
+        new = key not in self._first
+        if new:
+            self._first[key] = len(self.images)
+            self.images.append(row)
+        self.owner.append(self._first[key])
+        self.rows.append(row)
+        return new
 
 
 def joined_index(image_rows: list[dict], rows: list[dict]) -> tuple[list[int], ImageIndex]:
     """The ImageIndex of outputs of evaluation shares joined in row order (`image_rows`: each share's images in
     order of first use, `rows`: every row), and the positions in `image_rows` of the images it keeps: an image
     whose rows straddle two shares was met by both, and is kept once, where first met."""
-    first: dict[str, int] = {}
-    index, kept = ImageIndex(rows=list(rows)), []
+    index = ImageIndex()
+    for row in rows:
+        index.add(row)
+    position: dict[str, int] = {}
     for i, row in enumerate(image_rows):
-        key = str(row["image_id"])
-        if key not in first:
-            first[key] = len(index.images)
-            index.images.append(row)
-            kept.append(i)
-    index.owner = [first[str(row["image_id"])] for row in rows]
-    return kept, index
+        position.setdefault(str(row["image_id"]), i)
+    return [position[str(row["image_id"])] for row in index.images], index
 
 
 @dataclass
@@ -243,16 +252,10 @@ def image_text_batches(task: str, items: Iterable[Item], index: ImageIndex, *, u
     """One pass over `items`: ("images", batch) for every `batch_size` images met for the first time (by
     `image_id`) and, with `texts`, ("texts", batch) for every `batch_size` rows (text only); fills `index`."""
     transform = image_transform(task, img_size, False)
-    first: dict[str, int] = {}
     pictures, rows = [], []
     for row, images in items:
-        key = str(row["image_id"])
-        if key not in first:
-            first[key] = len(index.images)
-            index.images.append(row)
+        if index.add(row):
             pictures.append(decoded(uri, row, {"image": images["image"]}, transform))
-        index.owner.append(first[key])
-        index.rows.append(row)
         if texts is not None:
             rows.append({"row": row})
         if len(pictures) == batch_size:
